@@ -1,0 +1,1 @@
+"""Data: vocabularies, sources, seqio tasks and the sharded input pipeline."""

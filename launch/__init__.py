@@ -1,0 +1,1 @@
+"""Launchers: the training CLI, the train loop, mesh, optimizers and checkpoints."""

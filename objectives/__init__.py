@@ -1,0 +1,1 @@
+"""Pretraining objectives: T5 denoising (host-side) and ELECTRA replaced token detection (device-side), losses."""
