@@ -1,0 +1,211 @@
+"""SentencePiece vocabularies with T5's conventions plus ELECTRA's special symbols.
+
+Id layout (T5): pad=0, eos=1, unk=2, no bos; then ELECTRA's user-defined symbols "[CLS]",
+"[SEP]", "[MASK]" at fixed ids 3, 4, 5; then the learned pieces; then seqio's `extra_ids`
+sentinels on top, `<extra_id_0>` being the LAST id. The piece count is chosen so that
+pieces + extra_ids is a multiple of 128 (8092 + 100 = 8192 by default).
+
+The bundled vocabulary (bundled.VOCAB_PATH) was trained on the bundled train split with
+
+    python -m data.vocab --input='data/corpus/train-*.txt.gz' \\
+        --output_prefix=data/corpus/spm_8192 --vocab_size=8192 --extra_ids=100
+
+which reproduces it bit for bit with the same corpus and sentencepiece version (training is
+single-threaded and seeded; the .json records both hashes and the version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+import sentencepiece as spm
+import seqio
+
+from data import bundled, sources
+
+DEFAULT_SEED = 0
+SPECIAL_SYMBOLS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+T5_IDS = {"pad": 0, "eos": 1, "unk": 2}
+# sentencepiece skips training lines longer than this (bytes); documents are fed in pieces.
+_MAX_SENTENCE_BYTES = 4192
+_PIECE_CHARS = 1000
+
+
+class VocabSizeError(ValueError):
+    """A model's embedding table is smaller than its vocabulary."""
+
+
+def _training_pieces(documents: Iterator[str], digest: hashlib._Hash) -> Iterator[str]:
+    """Documents -> whitespace-aligned pieces of <= _PIECE_CHARS chars; hashes the documents."""
+    for doc in documents:
+        digest.update(doc.encode("utf-8") + b"\n")
+        words, piece, size = doc.split(), [], 0
+        for word in words:
+            if size + len(word) + 1 > _PIECE_CHARS and piece:
+                yield " ".join(piece)
+                piece, size = [], 0
+            piece.append(word[:_PIECE_CHARS])
+            size += len(word) + 1
+        if piece:
+            yield " ".join(piece)
+
+
+def train_vocab(
+    input_files: str | Sequence[str],
+    output_prefix: str,
+    *,
+    vocab_size_with_extras: int = 8192,
+    extra_ids: int = 100,
+    model_type: str = "unigram",
+    seed: int = DEFAULT_SEED,
+    character_coverage: float = 0.9995,
+    max_piece_length: int = 16,
+) -> dict:
+    """Trains `<output_prefix>.model` and writes `<output_prefix>.json`; returns the JSON dict.
+
+    Args:
+      input_files: anything `sources.read_documents` accepts (path, glob, directory, list).
+      vocab_size_with_extras: pieces + extra_ids; must be a multiple of 128.
+      extra_ids: seqio sentinels added on top of the sentencepiece model at load time.
+      model_type: "unigram" (T5) or "bpe".
+      seed: sentencepiece's random generator seed.
+      character_coverage: fraction of characters covered by pieces; the rest map to unk.
+      max_piece_length: the longest piece, in characters (sentencepiece's default).
+    """
+    if vocab_size_with_extras % 128:
+        raise ValueError(
+            f"vocab_size_with_extras={vocab_size_with_extras} must be a multiple of 128 "
+            "(sharding and TPU-friendly embedding tables)"
+        )
+    pieces = vocab_size_with_extras - extra_ids
+    reserved = len(T5_IDS) + len(SPECIAL_SYMBOLS)
+    if pieces <= reserved:
+        raise ValueError(
+            f"vocab_size_with_extras={vocab_size_with_extras} leaves {pieces} pieces after "
+            f"{extra_ids} extra ids; expected more than the {reserved} special pieces"
+        )
+    digest = hashlib.sha256()
+    stats = sources.ReadStats()
+    model = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_training_pieces(
+                sources.read_documents(input_files, stats=stats), digest
+            ),
+            model_writer=model,
+            vocab_size=pieces,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=T5_IDS["pad"],
+            eos_id=T5_IDS["eos"],
+            unk_id=T5_IDS["unk"],
+            bos_id=-1,
+            user_defined_symbols=list(SPECIAL_SYMBOLS.values()),
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            max_sentencepiece_length=max_piece_length,
+            input_sentence_size=0,  # use every piece: no sampling, so no sampling randomness
+            shuffle_input_sentence=False,
+            num_threads=1,  # bit-identical output
+            minloglevel=2,
+        )
+    except RuntimeError as e:  # e.g. fewer pieces than the corpus has distinct characters
+        raise ValueError(f"sentencepiece training on {input_files} failed: {e}") from e
+    model_bytes = model.getvalue()
+    with open(output_prefix + ".model", "wb") as f:
+        f.write(model_bytes)
+    info = {
+        "pieces": pieces,
+        "extra_ids": extra_ids,
+        "vocab_size": vocab_size_with_extras,
+        "special_ids": special_ids(output_prefix + ".model"),
+        "model_type": model_type,
+        "seed": seed,
+        "character_coverage": character_coverage,
+        "corpus_documents": stats.total().documents,
+        "corpus_sha256": digest.hexdigest(),
+        "corpus_files": [os.path.basename(p) for p in stats.files],
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "sentencepiece_version": spm.__version__,
+    }
+    with open(output_prefix + ".json", "w") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return info
+
+
+def get_vocabulary(
+    path: str = bundled.VOCAB_PATH, extra_ids: int = bundled.EXTRA_IDS
+) -> seqio.SentencePieceVocabulary:
+    """The T5-side vocabulary: `<extra_id_0>` is id vocab_size - 1."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def special_ids(path: str = bundled.VOCAB_PATH) -> dict[str, int]:
+    """The ELECTRA-side ids: {"pad": 0, "eos": 1, "unk": 2, "cls": 3, "sep": 4, "mask": 5}.
+
+    Read from the model itself (not the .json), and checked against the T5 layout.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+    sp = spm.SentencePieceProcessor(model_file=path)
+    ids = {"pad": sp.pad_id(), "eos": sp.eos_id(), "unk": sp.unk_id()}
+    if ids != T5_IDS or sp.bos_id() != -1:
+        raise ValueError(
+            f"{path}: special ids {ids} (bos={sp.bos_id()}); expected {T5_IDS} and no bos"
+        )
+    for name, symbol in SPECIAL_SYMBOLS.items():
+        piece_id = sp.piece_to_id(symbol)  # unknown pieces map to unk, whose piece differs
+        if sp.id_to_piece(piece_id) != symbol:
+            raise ValueError(f"{path}: has no {symbol!r} piece; expected a user-defined symbol")
+        ids[name] = piece_id
+    return ids
+
+
+def check_vocab_fits(vocab_size_of_model: int, vocabulary: seqio.Vocabulary | int) -> int:
+    """Raises VocabSizeError unless the model's table holds every id; returns the spare rows."""
+    needed = vocabulary if isinstance(vocabulary, int) else vocabulary.vocab_size
+    if vocab_size_of_model < needed:
+        name = getattr(vocabulary, "sentencepiece_model_file", None) or "the vocabulary"
+        extra = getattr(vocabulary, "extra_ids", None)
+        detail = f" ({needed - extra} pieces + {extra} extra ids)" if extra is not None else ""
+        raise VocabSizeError(
+            f"model vocab_size={vocab_size_of_model} is smaller than {name}'s size "
+            f"{needed}{detail}; ids >= {vocab_size_of_model} would index past the embedding "
+            f"table. Set the model's vocab_size to at least {needed} (a multiple of 128)."
+        )
+    return vocab_size_of_model - needed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train a T5/ELECTRA sentencepiece vocabulary.")
+    parser.add_argument(
+        "--input", action="append", default=None,
+        help="file, glob or directory (repeatable); default: the bundled train split",
+    )
+    parser.add_argument("--output_prefix", required=True)
+    parser.add_argument("--vocab_size", type=int, default=8192, help="pieces + extra ids")
+    parser.add_argument("--extra_ids", type=int, default=100)
+    parser.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    info = train_vocab(
+        args.input or bundled.TRAIN_FILES,
+        args.output_prefix,
+        vocab_size_with_extras=args.vocab_size,
+        extra_ids=args.extra_ids,
+        model_type=args.model_type,
+        seed=args.seed,
+    )
+    print(json.dumps(info, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
