@@ -1,1 +1,5 @@
-"""Pretraining objectives: T5 denoising (host-side) and ELECTRA replaced token detection (device-side), losses."""
+"""Pretraining objectives.
+
+T5 denoising runs host-side on token ids; ELECTRA's replaced token detection runs on device.
+Losses are shared.
+"""
