@@ -1,0 +1,117 @@
+"""Two local processes x 4 CPU devices assemble the same global batches as 1 process x 8.
+
+The workers run ``jax.distributed.initialize`` on loopback with gloo CPU collectives; every
+wait is bounded (initialization/shutdown timeouts and a subprocess timeout), so a broken
+coordinator fails the test instead of hanging it.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from data import bundled, pipeline
+from launch import mesh as mesh_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 150
+BATCH, LENGTH, SEED, STEPS = 16, 32, 7, 2
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_threefry_partitionable", True)
+    address, pid, cache_dir, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    jax.distributed.initialize(coordinator_address=address, num_processes=2, process_id=pid,
+                               initialization_timeout=60, shutdown_timeout_seconds=30)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from data import bundled, pipeline
+    from launch import mesh as mesh_lib
+
+    assert jax.process_count() == 2 and jax.local_device_count() == 4
+    sharding = mesh_lib.batch_sharding(mesh_lib.make_mesh(data=2, fsdp=4, model=1))
+
+    def source():
+        return pipeline.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                    inputs_length={length}, seed={seed}, cache_dir=cache_dir)
+
+    def gather(batch):
+        return {{k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                for k, v in batch.items()}}
+
+    examples = source()
+    p = pipeline.InputPipeline(examples, {batch}, sharding=sharding, prefetch=2)
+    arrays = {{}}
+    for step in range({steps}):
+        for k, v in gather(next(p)).items():
+            arrays[f"{{step}}/{{k}}"] = v
+    state = pipeline.global_state(p)
+    p.close()
+    resumed = pipeline.InputPipeline(source(), {batch}, sharding=sharding, state=state,
+                                     prefetch=0)
+    for k, v in gather(next(resumed)).items():
+        arrays[f"{steps}/{{k}}"] = v
+    np.savez(out + ".npz", **arrays)
+    with open(out + ".json", "w") as f:
+        json.dump({{"streams": sorted(int(k) for k in p.state()["streams"]),
+                   "calls": examples.calls, "state": state}}, f)
+    jax.distributed.shutdown()
+""").format(length=LENGTH, seed=SEED, batch=BATCH, steps=STEPS)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_build_the_same_global_batches(tmp_path):
+    cache_dir = str(tmp_path / "tokens")
+    # Build the token cache once up front, so the workers only load it.
+    single = pipeline.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                  inputs_length=LENGTH, seed=SEED, cache_dir=cache_dir)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    address = f"127.0.0.1:{_free_port()}"
+    outs = [str(tmp_path / f"out{i}") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(script), address, str(i), cache_dir, outs[i]],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.returncode == 0, log[-3000:]
+
+    # The single-process reference: 8 devices in this process, same mesh shape and sharding.
+    sharding = mesh_lib.batch_sharding(mesh_lib.make_mesh(data=2, fsdp=4, model=1))
+    ref = pipeline.InputPipeline(single, BATCH, sharding=sharding, prefetch=0)
+    expected = [{k: np.asarray(v) for k, v in next(ref).items()} for _ in range(STEPS)]
+    ref_state = ref.state()
+    expected.append({k: np.asarray(v) for k, v in next(ref).items()})
+    for out in outs:
+        got = np.load(out + ".npz")
+        for step, batch in enumerate(expected):
+            for key, value in batch.items():
+                np.testing.assert_array_equal(got[f"{step}/{key}"], value, err_msg=f"{step} {key}")
+    info = [json.load(open(out + ".json")) for out in outs]
+    # Each process built only its own half of the streams (and so read only its share).
+    assert info[0]["streams"] == [0, 1, 2, 3] and info[1]["streams"] == [4, 5, 6, 7]
+    assert info[0]["calls"] == info[1]["calls"] == single.calls // 2
+    # global_state() gathers every stream's position: identical everywhere, equal to 1 x 8.
+    assert info[0]["state"] == info[1]["state"] == ref_state
+    assert sorted(info[0]["state"]["streams"]) == [str(k) for k in range(8)]
