@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from data import bundled, pipeline
+from data import bundled, cache, pipeline
+from data import examples as examples_lib
 
 
 def _rate(make_iter: Callable[[], Iterator[int]], examples: int, repeats: int,
@@ -57,7 +58,7 @@ def _fmt(rates: list[float]) -> str:
             f"max {max(rates):.0f}, {len(rates)} runs)")
 
 
-def _fast_iter(source: pipeline.IndexedExamples, batch: int, pack: bool,
+def _fast_iter(source: examples_lib.IndexedExamples, batch: int, pack: bool,
                workers: int) -> Iterator[int]:
     p = pipeline.InputPipeline(source, batch, pack=pack, prefetch=0, num_workers=workers)
     try:
@@ -101,10 +102,10 @@ def _original_t5_preprocessors():
     return sys.modules[name]
 
 
-def _build_cache(cache_dir: str, mode: str) -> pipeline.CorpusTokens:
+def _build_cache(cache_dir: str, mode: str) -> cache.CorpusTokens:
     start = time.perf_counter()
-    corpus = pipeline.tokenize_corpus(bundled.TRAIN_FILES, bundled.VOCAB_PATH, mode=mode,
-                                      cache_dir=cache_dir)
+    corpus = cache.tokenize_corpus(bundled.TRAIN_FILES, bundled.VOCAB_PATH, mode=mode,
+                                   cache_dir=cache_dir)
     seconds = time.perf_counter() - start
     print(f"  token cache ({mode}): {corpus.meta['tokens']:,} tokens in {corpus.meta['units']:,} "
           f"{'sentences' if mode == 'sentences' else 'documents'}, built in {seconds:.1f} s "
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
 
         vocab_size = spm.SentencePieceProcessor(
             model_file=bundled.VOCAB_PATH).get_piece_size() + bundled.EXTRA_IDS
-        t5 = pipeline.T5Examples(corpus, "span_corruption", 512, vocab_size, seed=0)
+        t5 = examples_lib.T5Examples(corpus, "span_corruption", 512, vocab_size, seed=0)
         ours = _rate(lambda: _fast_iter(t5, args.batch, True, 0), args.examples,
                      args.repeats, warmup=args.batch)
         print(f"  pretrax fast path, in-process : {_fmt(ours)}")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
 
         ids = vocab_lib.special_ids(bundled.VOCAB_PATH)
         start = time.perf_counter()
-        electra = pipeline.ElectraExamples(sentences, 128, ids["cls"], ids["sep"], seed=0)
+        electra = examples_lib.ElectraExamples(sentences, 128, ids["cls"], ids["sep"], seed=0)
         print(f"  example table: {len(electra.table):,} examples, built in "
               f"{time.perf_counter() - start:.1f} s (saved next to the token cache, "
               f"{electra.table.ids.size * 2 / 2**20:.1f} MB as uint16)")

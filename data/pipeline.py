@@ -2,348 +2,66 @@
 
 Layers (each a pure function of (seed, position), so the stream is deterministic and resumable):
 
-1. ``tokenize_corpus``: every document tokenized ONCE into a flat token cache on disk, keyed by
-   (sha256 of the files' bytes, sha256 of the sentencepiece model, mode, reader options). Cost:
-   one sentencepiece pass (C++, all cores) plus hashing the files; disk = 2 bytes per token
-   (uint16 when the vocabulary fits) + 8 bytes per document/sentence offset. Later runs memory
-   map it (no re-reading, no re-tokenizing). ELECTRA's ExampleBuilder table is saved next to
-   the tokens after its first build (2 bytes per token slot). ``python -m data.benchmark``
-   prints the measured times and sizes.
-2. Example sources with ``example(index)``: epoch e = index // N visits the N items (T5: raw
-   chunks of the objective's raw length cut from the concatenated documents, no separators;
-   ELECTRA: rows of the ExampleBuilder table) in a permutation seeded by (seed, e); T5's
-   objective draws from ``example_rng(seed, index)``. tasks.py wraps these same functions in
-   seqio Tasks, and a test checks the two agree bitwise.
-3. ``InputPipeline``: the global batch's rows are split into ``num_streams`` contiguous blocks
-   (default: one per batch shard of the sharding). Stream k takes epoch positions k, k+K, ...,
-   packs them in seqio's groups (features.py) and fills block k. A process builds only the
-   blocks its devices hold, so the global batch does not depend on the process count.
-   State = per stream (next group start, rows of that group already used); restoring re-packs
-   at most one group per stream (<= group_size objective calls), whatever the position.
+1. data/cache.py: every document tokenized ONCE into a memory-mapped token cache.
+2. data/examples.py: example sources with ``example(index)`` / ``examples(indices)`` (T5 chunks
+   + objective, ELECTRA's ExampleBuilder rows), each epoch in its own seeded permutation.
+3. ``InputPipeline`` (here): the global batch's rows are split into ``num_streams`` contiguous
+   blocks (default: one per batch shard of the sharding). Stream k takes epoch positions k,
+   k+K, ..., packs them in seqio's groups (features.py) and fills block k. A group's examples
+   are made together (``examples(indices)``: span corruption runs batched over the group). A
+   process builds only the blocks its devices hold, so the global batch does not depend on the
+   process count. State = per stream (next group start, rows of that group already used);
+   restoring re-packs at most one group per stream (<= group_size objective calls), whatever
+   the position.
+
+The names of data/cache.py and data/examples.py stay importable from here.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
-import hashlib
 import json
 import multiprocessing
-import os
 import queue
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-import sentencepiece as spm
 
-from data import electra_examples, features, sources
-from objectives.denoising import T5_OBJECTIVES
-from objectives.span_corruption import example_rng
+from data import features
+from data.cache import (
+    CACHE_VERSION,
+    DEFAULT_CACHE_DIR,
+    CorpusTokens,
+    cache_key,
+    load_cache,
+    load_sentencepiece,
+    tokenize_corpus,
+)
+from data.examples import (
+    ElectraExamples,
+    IndexedExamples,
+    T5Examples,
+    electra_examples_from_files,
+    epoch_permutation,
+    example_rngs,
+    resolve_objective,
+    t5_examples,
+)
 
-CACHE_VERSION = 1
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pretrax", "tokens")
-_MODES = ("documents", "sentences")
-
-
-# ---------------------------------------------------------------------------------------------
-# Token cache.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CorpusTokens:
-    """Flat tokens; unit i (a document, or a sentence in "sentences" mode) is
-    tokens[offsets[i]:offsets[i + 1]]; in "sentences" mode document d is units
-    doc_offsets[d] .. doc_offsets[d + 1] - 1."""
-
-    tokens: np.ndarray
-    offsets: np.ndarray
-    doc_offsets: np.ndarray | None
-    key: str
-    path: str
-    meta: dict
-
-    def __reduce__(self):
-        # Worker processes re-map the cache instead of receiving a copy of every token.
-        return load_cache, (self.path,)
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_key(files: Sequence[str], vocab_path: str, mode: str, fmt: str, field: str) -> str:
-    parts = [f"v{CACHE_VERSION}", mode, fmt, field, _sha256_file(vocab_path)]
-    parts += [_sha256_file(f) for f in files]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
-
-
-def tokenize_corpus(files: str | Sequence[str], vocab_path: str, *, mode: str = "documents",
-                    fmt: str = "auto", field: str = "text", cache_dir: str | None = None,
-                    batch_documents: int = 512) -> CorpusTokens:
-    """Loads the token cache of ``files`` (globs/dirs allowed), building it on first use."""
-    if mode not in _MODES:
-        raise ValueError(f"mode={mode!r} must be one of {_MODES}")
-    paths = sources.expand_files(files)
-    key = cache_key(paths, vocab_path, mode, fmt, field)
-    path = os.path.join(cache_dir or os.environ.get("PRETRAX_CACHE_DIR", DEFAULT_CACHE_DIR), key)
-    if not os.path.exists(os.path.join(path, "meta.json")):
-        _build_cache(paths, vocab_path, mode, fmt, field, path, batch_documents)
-    return load_cache(path)
-
-
-def load_cache(path: str) -> CorpusTokens:
-    """Memory-maps a built token cache folder."""
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    sentences = meta["mode"] == "sentences"
-    doc_offsets = np.load(os.path.join(path, "doc_offsets.npy")) if sentences else None
-    return CorpusTokens(np.load(os.path.join(path, "tokens.npy"), mmap_mode="r"),
-                        np.load(os.path.join(path, "offsets.npy")), doc_offsets,
-                        os.path.basename(path), path, meta)
-
-
-def _build_cache(paths: list[str], vocab_path: str, mode: str, fmt: str, field: str,
-                 path: str, batch_documents: int) -> None:
-    start = time.perf_counter()
-    tokenizer = _sentencepiece(vocab_path)
-    dtype = np.uint16 if tokenizer.get_piece_size() <= np.iinfo(np.uint16).max else np.int32
-    chunks: list[np.ndarray] = []
-    lengths: list[int] = []
-    doc_units: list[int] = []
-    batch: list[str] = []
-
-    def flush() -> None:
-        for ids in tokenizer.encode(batch, num_threads=os.cpu_count() or 1):
-            chunks.append(np.asarray(ids, dtype))
-            lengths.append(len(ids))
-        batch.clear()
-
-    stats = sources.ReadStats()
-    for document in sources.read_documents(paths, fmt=fmt, field=field, stats=stats):
-        units = electra_examples.split_sentences(document) if mode == "sentences" else [document]
-        doc_units.append(len(units))
-        batch.extend(units)
-        if len(batch) >= batch_documents:
-            flush()
-    flush()
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    # Write to a temporary folder and rename: concurrent builders never see half a cache.
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    np.save(os.path.join(tmp, "tokens.npy"), tokens)
-    np.save(os.path.join(tmp, "offsets.npy"), offsets)
-    if mode == "sentences":
-        doc_offsets = np.zeros(len(doc_units) + 1, np.int64)
-        np.cumsum(doc_units, out=doc_offsets[1:])
-        np.save(os.path.join(tmp, "doc_offsets.npy"), doc_offsets)
-    meta = {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": int(tokens.size),
-            "units": len(lengths), "documents": len(doc_units), "dtype": np.dtype(dtype).name,
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "bytes": sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp))}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished first: keep its cache
-        if not os.path.exists(os.path.join(path, "meta.json")):
-            raise
-
-
-# ---------------------------------------------------------------------------------------------
-# Index-addressable examples.
-# ---------------------------------------------------------------------------------------------
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the n items in ``epoch``: a function of (seed, epoch) only."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        [int(seed), int(epoch), 0x70657270]))).permutation(n)
-
-
-class IndexedExamples:
-    """Base: example(index) = make(item perm(seed, epoch)[pos], index), epoch, pos = divmod."""
-
-    kind: str  # "encdec" (T5 feature names) or "encoder" (ELECTRA)
-    task_lengths: dict[str, int]
-
-    def __init__(self, num_items: int, seed: int):
-        if num_items < 1:
-            raise ValueError("the corpus is too small: it yields no complete example")
-        self.num_items = int(num_items)
-        self.seed = int(seed)
-        self.calls = 0  # examples made so far (tests use it to bound the work of a restore)
-        self._permutations: dict[int, np.ndarray] = {}
-
-    def __getstate__(self) -> dict:
-        # Worker processes get the recipe, not the caches.
-        return {**self.__dict__, "_permutations": {}, "calls": 0}
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            if len(self._permutations) > 2:  # streams straddle at most two epochs at a time
-                self._permutations.pop(min(self._permutations))
-            self._permutations[epoch] = epoch_permutation(self.seed, epoch, self.num_items)
-        return self._permutations[epoch]
-
-    def example(self, index: int) -> dict[str, np.ndarray]:
-        epoch, position = divmod(int(index), self.num_items)
-        self.calls += 1
-        return self._make(int(self._permutation(epoch)[position]), int(index))
-
-    def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError  # every subclass defines it
-
-
-def resolve_objective(name: str, inputs_length: int, params: Mapping[str, Any],
-                      ) -> tuple[Callable[..., dict], int, int]:
-    """(fn(tokens, rng, vocab_size) -> dict(inputs, targets), raw length, targets length)."""
-    if name not in T5_OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(T5_OBJECTIVES)}")
-    spec = T5_OBJECTIVES[name]
-    merged = spec.params(**params)
-    raw_length, targets_length = spec.lengths(inputs_length, **merged)
-    return functools.partial(_call_objective, spec.fn, merged), raw_length, targets_length
-
-
-def _call_objective(fn: Callable[..., dict], params: Mapping[str, Any], tokens: np.ndarray,
-                    rng: np.random.Generator, vocab_size: int) -> dict:
-    return fn(tokens, rng, vocab_size, **params)
-
-
-class T5Examples(IndexedExamples):
-    """T5 chunking + a T5 objective.
-
-    Objectives that concatenate documents (span corruption and most others): item i =
-    tokens[i * raw : (i + 1) * raw] of the whole corpus laid end to end (T5 concatenated 128
-    documents at a time; the few chunks that would straddle its groups are the only
-    difference), the incomplete tail dropped. The others (prefix_lm, deshuffle): every document
-    cut into raw-length pieces, the last piece of a document kept if it has >= 2 tokens.
-    """
-
-    kind = "encdec"
-
-    def __init__(self, corpus: CorpusTokens, objective: str, inputs_length: int,
-                 vocab_size: int, seed: int, **params: Any):
-        self.fn, raw_length, targets_length = resolve_objective(objective, inputs_length, params)
-        self.corpus, self.raw_length, self.vocab_size = corpus, raw_length, vocab_size
-        self.objective, self.params = objective, params
-        self.task_lengths = {"inputs": int(inputs_length), "targets": int(targets_length)}
-        if T5_OBJECTIVES[objective].concatenate_documents:
-            self.starts = self.ends = None
-            num_items = corpus.tokens.size // raw_length
-        else:
-            doc_lengths = np.diff(corpus.offsets)
-            pieces = -(-doc_lengths // raw_length)  # ceil
-            # [pieces]: the document of each piece and its index inside the document
-            doc = np.repeat(np.arange(doc_lengths.size), pieces)
-            within = np.arange(doc.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-            self.starts = corpus.offsets[doc] + within * raw_length
-            self.ends = np.minimum(self.starts + raw_length, corpus.offsets[doc + 1])
-            keep = self.ends - self.starts >= 2
-            self.starts, self.ends = self.starts[keep], self.ends[keep]
-            num_items = self.starts.size
-        super().__init__(num_items, seed)
-
-    def chunk(self, item: int) -> np.ndarray:
-        if self.starts is None:
-            start, end = item * self.raw_length, (item + 1) * self.raw_length
-        else:
-            start, end = self.starts[item], self.ends[item]
-        return np.asarray(self.corpus.tokens[start:end], np.int32)
-
-    def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
-        out = self.fn(self.chunk(item), example_rng(self.seed, index), self.vocab_size)
-        result = {}
-        for key, length in self.task_lengths.items():
-            value = np.asarray(out[key], np.int32)
-            if value.size > length:
-                # seqio's append_eos_after_trim: keep length - 1 tokens, then EOS again.
-                value = np.append(value[:length - 1], value[-1])
-            result[key] = value
-        return result
-
-
-class ElectraExamples(IndexedExamples):
-    """Rows of the ExampleBuilder table (built on first use, then loaded from the cache)."""
-
-    kind = "encoder"
-
-    def __init__(self, corpus: CorpusTokens, max_length: int, cls_id: int, sep_id: int,
-                 seed: int):
-        if corpus.doc_offsets is None:
-            raise ValueError("ELECTRA needs a corpus tokenized with mode='sentences'")
-        self.table = _electra_table(corpus, max_length, cls_id, sep_id, seed)
-        self.task_lengths = {"inputs": int(max_length)}
-        super().__init__(len(self.table), seed)
-
-    def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
-        return self.table.example(item)
-
-
-def _sentencepiece(vocab_path: str) -> spm.SentencePieceProcessor:
-    """The model seqio's SentencePieceVocabulary wraps (same ids: tests compare the two).
-
-    Loaded directly so the trainer's input path never imports TensorFlow.
-    """
-    if not os.path.isfile(vocab_path):
-        raise FileNotFoundError(f"sentencepiece model {vocab_path!r} does not exist")
-    return spm.SentencePieceProcessor(model_file=vocab_path)
-
-
-def _electra_table(corpus: CorpusTokens, max_length: int, cls_id: int, sep_id: int,
-                   seed: int) -> electra_examples.ElectraExampleTable:
-    """The ExampleBuilder table, saved next to the token cache after its first build."""
-    path = os.path.join(corpus.path, f"electra-L{max_length}-seed{seed}-{cls_id}-{sep_id}.npz")
-    if os.path.exists(path):
-        with np.load(path) as saved:
-            return electra_examples.ElectraExampleTable(saved["ids"], saved["segment_lengths"])
-    table = electra_examples.build_table(corpus.tokens, corpus.offsets, corpus.doc_offsets,
-                                         max_length, cls_id, sep_id, seed)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, ids=table.ids.astype(corpus.tokens.dtype), segment_lengths=table.segment_lengths)
-    os.replace(tmp, path)
-    return table
-
-
-def t5_examples(files: str | Sequence[str], vocab_path: str, *, objective: str = "span_corruption",
-                inputs_length: int = 512, seed: int = 0, cache_dir: str | None = None,
-                fmt: str = "auto", field: str = "text", extra_ids: int = 100,
-                **params: Any) -> T5Examples:
-    """T5 examples of ``files``; ``params`` override the objective's defaults (T5_OBJECTIVES).
-
-    The vocabulary size (sentinels count down from its last id) is seqio's: the sentencepiece
-    pieces plus ``extra_ids``.
-    """
-    corpus = tokenize_corpus(files, vocab_path, fmt=fmt, field=field, cache_dir=cache_dir)
-    vocab_size = _sentencepiece(vocab_path).get_piece_size() + extra_ids
-    return T5Examples(corpus, objective, inputs_length, vocab_size, seed, **params)
-
-
-def electra_examples_from_files(files: str | Sequence[str], vocab_path: str, *,
-                                max_length: int = 128, seed: int = 0,
-                                cache_dir: str | None = None, fmt: str = "auto",
-                                field: str = "text") -> ElectraExamples:
-    from data import vocab as vocab_lib
-
-    corpus = tokenize_corpus(files, vocab_path, mode="sentences", fmt=fmt, field=field,
-                             cache_dir=cache_dir)
-    ids = vocab_lib.special_ids(vocab_path)
-    return ElectraExamples(corpus, max_length, ids["cls"], ids["sep"], seed)
-
+__all__ = [
+    # Re-exported from data/cache.py and data/examples.py: callers import them from here.
+    "CACHE_VERSION", "DEFAULT_CACHE_DIR", "CorpusTokens", "cache_key", "load_cache",
+    "load_sentencepiece", "tokenize_corpus", "ElectraExamples", "IndexedExamples", "T5Examples",
+    "electra_examples_from_files", "epoch_permutation", "example_rngs", "resolve_objective",
+    "t5_examples",
+    # This module.
+    "STATE_VERSION", "InputPipeline", "electra_pipeline", "global_state", "make_group",
+    "stream_example_index", "t5_pipeline",
+]
 
 # ---------------------------------------------------------------------------------------------
 # Streams, state and the global batch.
@@ -370,8 +88,8 @@ def stream_example_index(num_items: int, num_streams: int, stream: int, j: int) 
 def make_group(examples: IndexedExamples, stream: int, num_streams: int, group_start: int,
                group_size: int, pack: bool) -> dict[str, np.ndarray]:
     """The feature rows of one packing group of one stream: a pure function of its arguments."""
-    group = [examples.example(stream_example_index(examples.num_items, num_streams, stream, j))
-             for j in range(group_start, group_start + group_size)]
+    group = examples.examples([stream_example_index(examples.num_items, num_streams, stream, j)
+                               for j in range(group_start, group_start + group_size)])
     if pack:
         rows = features.pack_group(group, examples.task_lengths)
     else:

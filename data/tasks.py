@@ -7,7 +7,7 @@ Local corpora (text files / globs / directories, JSONL with a text field; train 
   is registered under the prefix ``pretrax_bundled``.
 
   Their source and preprocessors are the fast pipeline's index-addressable NumPy functions
-  (data/pipeline.py), so ``task.get_dataset(sequence_length, split, seed=s)`` yields exactly the
+  (data/examples.py), so ``task.get_dataset(sequence_length, split, seed=s)`` yields exactly the
   examples the trainer's pipeline makes with seed s: the source emits the global example index
   (internally shuffled: epoch e visits the corpus's chunks in a permutation seeded by (s, e)),
   and ``make_examples`` turns an index into an example with ``tf.numpy_function``. The objective
@@ -34,7 +34,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from data import bundled, pipeline
+from data import bundled
+from data import examples as examples_lib
 from data import vocab as vocab_lib
 from objectives.denoising import T5_OBJECTIVES
 
@@ -96,13 +97,13 @@ class ExampleIndexSource(seqio.DataSource):
 @functools.lru_cache(maxsize=16)
 def _local_examples(files: tuple[str, ...], vocab_path: str, kind: str, objective: str,
                     params: tuple, seed: int, inputs_length: int, fmt: str, field: str,
-                    ) -> pipeline.IndexedExamples:
+                    ) -> examples_lib.IndexedExamples:
     if kind == "electra":
-        return pipeline.electra_examples_from_files(files, vocab_path, max_length=inputs_length,
-                                                    seed=seed, fmt=fmt, field=field)
-    return pipeline.t5_examples(files, vocab_path, objective=objective,
-                                inputs_length=inputs_length, seed=seed, fmt=fmt, field=field,
-                                **dict(params))
+        return examples_lib.electra_examples_from_files(
+            files, vocab_path, max_length=inputs_length, seed=seed, fmt=fmt, field=field)
+    return examples_lib.t5_examples(files, vocab_path, objective=objective,
+                                    inputs_length=inputs_length, seed=seed, fmt=fmt, field=field,
+                                    **dict(params))
 
 
 def make_examples(dataset: tf.data.Dataset, sequence_length: Mapping[str, int], *,
@@ -180,7 +181,7 @@ def concat_and_split(dataset: tf.data.Dataset, sequence_length: Mapping[str, int
     """Concatenate up to 128 tokenized documents (if the objective does, as T5) and split
     them into chunks of the objective's raw length; the last chunk of a group may be shorter."""
     inputs_length = int(sequence_length["inputs"])
-    _, raw_length, _ = pipeline.resolve_objective(objective, inputs_length, dict(params))
+    _, raw_length, _ = examples_lib.resolve_objective(objective, inputs_length, dict(params))
     tokens = dataset.map(lambda x: x["targets"])
     if T5_OBJECTIVES[objective].concatenate_documents:
         tokens = tokens.ragged_batch(CONCAT_DOCUMENTS).map(lambda r: r.flat_values)
@@ -201,7 +202,8 @@ def apply_objective(dataset: tf.data.Dataset, output_features: Mapping[str, seqi
                     params: tuple = ()) -> tf.data.Dataset:
     """The NumPy objective on each chunk, seeded by seqio's per-example seed; EOS removed
     (append_eos_after_trim adds it)."""
-    fn, _, _ = pipeline.resolve_objective(objective, int(sequence_length["inputs"]), dict(params))
+    fn, _, _ = examples_lib.resolve_objective(objective, int(sequence_length["inputs"]),
+                                              dict(params))
     vocab_size = output_features["targets"].vocabulary.vocab_size
 
     def corrupt(tokens: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from data import bundled, features, pipeline
+from data import bundled, cache, examples, features, pipeline
 from launch import mesh as mesh_lib
 from modeling import axes
 
@@ -20,7 +20,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def t5(cache_dir):
     def make(seed=0, inputs_length=32, objective="span_corruption"):
-        return pipeline.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+        return examples.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
                                     objective=objective, inputs_length=inputs_length, seed=seed,
                                     cache_dir=cache_dir)
     return make
@@ -28,7 +28,7 @@ def t5(cache_dir):
 
 @pytest.fixture(scope="module")
 def electra(cache_dir):
-    return pipeline.electra_examples_from_files(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+    return examples.electra_examples_from_files(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
                                                 max_length=32, seed=0, cache_dir=cache_dir)
 
 
@@ -47,16 +47,16 @@ def _assert_batches_equal(a, b):
 def test_token_cache_matches_the_vocabulary_and_is_reused(t5, cache_dir):
     from data import sources, vocab
 
-    corpus = pipeline.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                      cache_dir=cache_dir)
+    corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                   cache_dir=cache_dir)
     docs = list(sources.read_documents(bundled.VALIDATION_FILES))
     v = vocab.get_vocabulary(bundled.VOCAB_PATH)
     assert corpus.offsets.size == len(docs) + 1
     for d in (0, 7, len(docs) - 1):
         np.testing.assert_array_equal(corpus.tokens[corpus.offsets[d]:corpus.offsets[d + 1]],
                                       v.encode(docs[d]))
-    again = pipeline.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                     cache_dir=cache_dir)
+    again = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                  cache_dir=cache_dir)
     assert again.path == corpus.path and again.meta == corpus.meta  # loaded, not rebuilt
     # T5 chunking: documents concatenated without separators, cut at the raw length.
     ex = t5()
@@ -83,11 +83,11 @@ def test_epochs_visit_everything_once_in_a_new_order(electra):
         assert set(seen) == table and len(seen) == n
         rows[epoch] = seen
     assert rows[0] != rows[1]
-    np.testing.assert_array_equal(pipeline.epoch_permutation(0, 1, n),
-                                  pipeline.epoch_permutation(0, 1, n))
+    np.testing.assert_array_equal(examples.epoch_permutation(0, 1, n),
+                                  examples.epoch_permutation(0, 1, n))
 
 
-class _Short(pipeline.IndexedExamples):
+class _Short(examples.IndexedExamples):
     """Random short examples (a function of (seed, index)): rows pack several of them."""
 
     kind = "encdec"
@@ -106,7 +106,7 @@ def test_resume_continues_bitwise_without_replay(t5, cache_dir, kind):
             return t5(seed=3, inputs_length=48, objective="prefix_lm")
         if kind == "short_packed":
             return _Short(1000, 3)
-        return pipeline.electra_examples_from_files(
+        return examples.electra_examples_from_files(
             bundled.VALIDATION_FILES, bundled.VOCAB_PATH, max_length=32, seed=3,
             cache_dir=cache_dir)
 
@@ -178,7 +178,7 @@ def test_electra_batches_unpacked(electra):
                                       want["token_type_ids"])
 
 
-class _Exploding(pipeline.IndexedExamples):
+class _Exploding(examples.IndexedExamples):
     kind = "encdec"
     task_lengths = {"inputs": 4, "targets": 4}
 

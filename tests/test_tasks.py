@@ -5,7 +5,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from data import bundled, electra_examples, features, pipeline, tasks
+from data import bundled, electra_examples, features, tasks
+from data import examples as examples_lib
 from objectives import span_corruption
 
 EOS = 1
@@ -135,15 +136,18 @@ def test_electra_token_types_follow_their_tokens_when_packed():
                                                      ("prefix_lm", 40)])
 def test_seqio_task_equals_fast_path(corpus_tasks, cache_dir, objective, inputs_length):
     task = seqio.get_mixture_or_task(f"pretrax_test_corpus_{objective}")
-    fast = pipeline.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                objective=objective, inputs_length=inputs_length, seed=5,
-                                cache_dir=cache_dir)
+    fast = examples_lib.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                    objective=objective, inputs_length=inputs_length, seed=5,
+                                    cache_dir=cache_dir)
     ds = task.get_dataset(dict(fast.task_lengths), split="train", shuffle=True, seed=5)
     got = list(ds.take(12).as_numpy_iterator())
+    # The pipeline's path: one call for the lot (span corruption runs batched).
+    together = fast.examples(range(len(got)))
     for i, example in enumerate(got):
         want = fast.example(i)
         for key in ("inputs", "targets"):
             np.testing.assert_array_equal(example[key], want[key], err_msg=f"{i} {key}")
+            np.testing.assert_array_equal(example[key], together[i][key], err_msg=f"{i} {key}")
             assert example[key][-1] == EOS
     if objective == "span_corruption":
         # T5's lengths: every chunk corrupts to exactly inputs_length and its targets length.
@@ -154,8 +158,8 @@ def test_seqio_task_equals_fast_path(corpus_tasks, cache_dir, objective, inputs_
 
 def test_seqio_electra_task_equals_fast_path(corpus_tasks, cache_dir):
     task = seqio.get_mixture_or_task("pretrax_test_corpus_electra")
-    fast = pipeline.electra_examples_from_files(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                                max_length=64, seed=2, cache_dir=cache_dir)
+    fast = examples_lib.electra_examples_from_files(
+        bundled.VALIDATION_FILES, bundled.VOCAB_PATH, max_length=64, seed=2, cache_dir=cache_dir)
     ds = task.get_dataset({"inputs": 64}, split="validation", shuffle=False, seed=2)
     for i, example in enumerate(ds.take(10).as_numpy_iterator()):
         want = fast.example(i)

@@ -1,0 +1,144 @@
+"""The token cache: every document tokenized ONCE into flat tokens on disk, then memory mapped.
+
+Keyed by (sha256 of the files' bytes, sha256 of the sentencepiece model, mode, reader options).
+Cost: one sentencepiece pass (C++, all cores) plus hashing the files; disk = 2 bytes per token
+(uint16 when the vocabulary fits) + 8 bytes per document/sentence offset. Later runs memory map
+it (no re-reading, no re-tokenizing). ``python -m data.benchmark`` prints the measured times and
+sizes. data/examples.py cuts examples out of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from data import electra_examples, sources
+
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pretrax", "tokens")
+_MODES = ("documents", "sentences")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusTokens:
+    """Flat tokens; unit i (a document, or a sentence in "sentences" mode) is
+    tokens[offsets[i]:offsets[i + 1]]; in "sentences" mode document d is units
+    doc_offsets[d] .. doc_offsets[d + 1] - 1."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    doc_offsets: np.ndarray | None
+    key: str
+    path: str
+    meta: dict
+
+    def __reduce__(self):
+        # Worker processes re-map the cache instead of receiving a copy of every token.
+        return load_cache, (self.path,)
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(files: Sequence[str], vocab_path: str, mode: str, fmt: str, field: str) -> str:
+    parts = [f"v{CACHE_VERSION}", mode, fmt, field, _sha256_file(vocab_path)]
+    parts += [_sha256_file(f) for f in files]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def tokenize_corpus(files: str | Sequence[str], vocab_path: str, *, mode: str = "documents",
+                    fmt: str = "auto", field: str = "text", cache_dir: str | None = None,
+                    batch_documents: int = 512) -> CorpusTokens:
+    """Loads the token cache of ``files`` (globs/dirs allowed), building it on first use."""
+    if mode not in _MODES:
+        raise ValueError(f"mode={mode!r} must be one of {_MODES}")
+    paths = sources.expand_files(files)
+    key = cache_key(paths, vocab_path, mode, fmt, field)
+    path = os.path.join(cache_dir or os.environ.get("PRETRAX_CACHE_DIR", DEFAULT_CACHE_DIR), key)
+    if not os.path.exists(os.path.join(path, "meta.json")):
+        _build_cache(paths, vocab_path, mode, fmt, field, path, batch_documents)
+    return load_cache(path)
+
+
+def load_cache(path: str) -> CorpusTokens:
+    """Memory-maps a built token cache folder."""
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    sentences = meta["mode"] == "sentences"
+    doc_offsets = np.load(os.path.join(path, "doc_offsets.npy")) if sentences else None
+    return CorpusTokens(np.load(os.path.join(path, "tokens.npy"), mmap_mode="r"),
+                        np.load(os.path.join(path, "offsets.npy")), doc_offsets,
+                        os.path.basename(path), path, meta)
+
+
+def _build_cache(paths: list[str], vocab_path: str, mode: str, fmt: str, field: str,
+                 path: str, batch_documents: int) -> None:
+    start = time.perf_counter()
+    tokenizer = load_sentencepiece(vocab_path)
+    dtype = np.uint16 if tokenizer.get_piece_size() <= np.iinfo(np.uint16).max else np.int32
+    chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    doc_units: list[int] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        for ids in tokenizer.encode(batch, num_threads=os.cpu_count() or 1):
+            chunks.append(np.asarray(ids, dtype))
+            lengths.append(len(ids))
+        batch.clear()
+
+    stats = sources.ReadStats()
+    for document in sources.read_documents(paths, fmt=fmt, field=field, stats=stats):
+        units = electra_examples.split_sentences(document) if mode == "sentences" else [document]
+        doc_units.append(len(units))
+        batch.extend(units)
+        if len(batch) >= batch_documents:
+            flush()
+    flush()
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # Write to a temporary folder and rename: concurrent builders never see half a cache.
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    np.save(os.path.join(tmp, "tokens.npy"), tokens)
+    np.save(os.path.join(tmp, "offsets.npy"), offsets)
+    if mode == "sentences":
+        doc_offsets = np.zeros(len(doc_units) + 1, np.int64)
+        np.cumsum(doc_units, out=doc_offsets[1:])
+        np.save(os.path.join(tmp, "doc_offsets.npy"), doc_offsets)
+    meta = {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": int(tokens.size),
+            "units": len(lengths), "documents": len(doc_units), "dtype": np.dtype(dtype).name,
+            "build_seconds": round(time.perf_counter() - start, 3),
+            "bytes": sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp))}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished first: keep its cache
+        if not os.path.exists(os.path.join(path, "meta.json")):
+            raise
+
+
+def load_sentencepiece(vocab_path: str) -> spm.SentencePieceProcessor:
+    """The model seqio's SentencePieceVocabulary wraps (same ids: tests compare the two).
+
+    Loaded directly so the trainer's input path never imports TensorFlow.
+    """
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(f"sentencepiece model {vocab_path!r} does not exist")
+    return spm.SentencePieceProcessor(model_file=vocab_path)
