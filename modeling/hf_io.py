@@ -1,0 +1,223 @@
+"""Reading and writing Hugging Face model directories as plain numpy arrays.
+
+Shared by the T5 (``modeling/hf.py``) and ELECTRA (``modeling/hf_electra.py``) converters, so both
+report bad checkpoints the same way: ``HFConversionError`` naming the tensor (or file) and the
+expected vs found shape. Nothing here knows a model family.
+
+Weights files understood, in order of preference:
+``model.safetensors``, ``model.safetensors.index.json`` (sharded), ``pytorch_model.bin``,
+``pytorch_model.bin.index.json`` (sharded). Safetensors files are parsed directly (header + raw
+bytes), so bfloat16 checkpoints load without torch; ``.bin`` files need torch, imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+BIN_NAME = "pytorch_model.bin"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+class HFConversionError(ValueError):
+    """A Hugging Face directory that cannot be converted (missing file/tensor, wrong shape...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Low-level file readers: each returns {name: np.ndarray}.
+# ---------------------------------------------------------------------------------------------
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Parses a safetensors file: u64 header size, JSON header, then the raw tensor bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise HFConversionError(f"{path}: too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFConversionError(f"{path}: unreadable safetensors header ({e})") from e
+    body = memoryview(data)[8 + header_len :]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise HFConversionError(
+                f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}"
+            )
+        start, end = info["data_offsets"]
+        arr = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+        out[name] = arr.reshape(info["shape"])
+    return out
+
+
+def _read_bin(path: str) -> dict[str, np.ndarray]:
+    import torch  # lazily: only .bin checkpoints need it
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt / non-pickle files
+        raise HFConversionError(f"{path}: cannot be read by torch.load ({e})") from e
+    out = {}
+    for name, tensor in state.items():
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        out[name] = tensor.detach().cpu().numpy()
+    return out
+
+
+def _read_index(path: str, reader) -> dict[str, np.ndarray]:
+    with open(path) as f:
+        index = json.load(f)
+    if "weight_map" not in index:
+        raise HFConversionError(f"{path}: index file has no 'weight_map'")
+    directory = os.path.dirname(path)
+    out = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        shard_path = os.path.join(directory, shard)
+        if not os.path.isfile(shard_path):
+            raise HFConversionError(f"{path}: shard {shard!r} listed in the index is missing")
+        out.update(reader(shard_path))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The reader handed to converters.
+# ---------------------------------------------------------------------------------------------
+class TensorReader:
+    """Hands out named tensors with shape checks and remembers which ones were taken.
+
+    A converter ``take``s every tensor it maps, then calls ``unused()``: anything left over means
+    the checkpoint has weights the converter does not understand, which must not pass silently.
+    """
+
+    def __init__(self, tensors: dict[str, np.ndarray], source: str = "<memory>"):
+        self._tensors = dict(tensors)
+        self._used: set[str] = set()
+        self.source = source
+
+    def names(self) -> list[str]:
+        return sorted(self._tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self._tensors:
+            raise HFConversionError(f"{self.source}: missing tensor {name!r}")
+        return tuple(self._tensors[name].shape)
+
+    def take(
+        self, name: str, expected_shape: Iterable[int], transpose: bool = False
+    ) -> np.ndarray:
+        """The tensor ``name`` as float32 (floating types) after checking its STORED shape.
+
+        ``expected_shape`` is the shape in the file (PyTorch layout, e.g. Linear ``[out, in]``);
+        ``transpose=True`` then returns the 2-D transpose (Flax ``[in, out]``).
+        """
+        expected = tuple(int(d) for d in expected_shape)
+        if name not in self._tensors:
+            raise HFConversionError(
+                f"{self.source}: missing tensor {name!r} (expected shape {expected})"
+            )
+        arr = self._tensors[name]
+        if tuple(arr.shape) != expected:
+            raise HFConversionError(
+                f"{self.source}: tensor {name!r} has shape {tuple(arr.shape)}, expected {expected}"
+            )
+        self._used.add(name)
+        if np.issubdtype(arr.dtype, np.floating) or arr.dtype == ml_dtypes.bfloat16:
+            arr = arr.astype(np.float32)
+        if transpose:
+            if arr.ndim != 2:
+                raise HFConversionError(f"{self.source}: cannot transpose {arr.ndim}-D {name!r}")
+            arr = arr.T
+        return np.ascontiguousarray(arr)
+
+    def unused(self) -> list[str]:
+        """Names never taken, sorted."""
+        return sorted(set(self._tensors) - self._used)
+
+
+def read_hf_dir(path: str) -> tuple[dict[str, Any], TensorReader]:
+    """Reads ``config.json`` and the weights of an HF model directory."""
+    if not os.path.isdir(path):
+        raise HFConversionError(f"{path}: not a directory")
+    config_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise HFConversionError(f"{path}: no {CONFIG_NAME}")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise HFConversionError(f"{config_path}: invalid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise HFConversionError(f"{config_path}: expected a JSON object, got {type(config)}")
+
+    candidates = [
+        (SAFETENSORS_NAME, _read_safetensors),
+        (SAFETENSORS_INDEX_NAME, lambda p: _read_index(p, _read_safetensors)),
+        (BIN_NAME, _read_bin),
+        (BIN_INDEX_NAME, lambda p: _read_index(p, _read_bin)),
+    ]
+    for filename, reader in candidates:
+        weights_path = os.path.join(path, filename)
+        if os.path.isfile(weights_path):
+            return config, TensorReader(reader(weights_path), source=weights_path)
+    raise HFConversionError(
+        f"{path}: no weights file (looked for {', '.join(name for name, _ in candidates)})"
+    )
+
+
+def write_hf_dir(path: str, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    """Writes ``config.json`` and ``model.safetensors`` (PyTorch layout tensors) into ``path``."""
+    os.makedirs(path, exist_ok=True)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # transformers checks "pt"
+    chunks = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(np.asarray(tensors[name]))
+        if arr.dtype not in _NUMPY_TO_SAFETENSORS:
+            raise HFConversionError(f"write_hf_dir: tensor {name!r} has unsupported {arr.dtype}")
+        raw = arr.tobytes()
+        header[name] = {
+            "dtype": _NUMPY_TO_SAFETENSORS[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # align the data section to 8 bytes
+    with open(os.path.join(path, SAFETENSORS_NAME), "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for raw in chunks:
+            f.write(raw)
+    with open(os.path.join(path, CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
