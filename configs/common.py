@@ -1,0 +1,134 @@
+"""The base config: every key the trainer reads, with its default.
+
+Family files (``configs/t5.py``, ``configs/electra.py``) start from :func:`base_config` and only
+change values; they never add keys. The trainer reads keys directly (``config.train.steps``),
+never ``config.get(key, default)``, and ``launch/train.py`` locks the config, so a typo'd
+``--config.train.stpes=10`` fails at start-up instead of being silently ignored.
+
+Sections:
+
+- ``model``: which preset of the family and the few fields commonly changed from the command
+  line; ``None`` means "the preset's value".
+- ``objective``: the registry name (``objectives/registry.py``) and its loss settings.
+- ``data``: where the text comes from and the batch shapes.
+- ``optimizer``: ``launch/optim.make_optimizer``'s keys (defaults copied from ``optim.DEFAULTS``).
+- ``train``: steps, gradient accumulation, logging/eval cadence, the NaN policy, warm starts.
+- ``checkpoint``: orbax cadence and retention.
+- ``mesh`` / ``sharding``: mesh axis sizes (one may be -1) and the rule preset name.
+- ``distributed``: multi-host initialisation.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from launch import optim
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key and its default; see the module docstring for the sections."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # root of every random stream: init, dropout/masking, data order
+
+    # -- model ------------------------------------------------------------------------------
+    config.model = ml_collections.ConfigDict()
+    config.model.family = "t5"  # "t5" | "electra" (set by the family file)
+    config.model.preset = "tiny"  # a name in modeling.t5.PRESETS / modeling.electra.PRESETS
+    # Size overrides (None: the preset's value), e.g. a wider "tiny" for a quick experiment.
+    config.model.vocab_size = config_dict.placeholder(int)
+    config.model.d_model = config_dict.placeholder(int)
+    config.model.num_heads = config_dict.placeholder(int)
+    config.model.head_dim = config_dict.placeholder(int)
+    config.model.d_ff = config_dict.placeholder(int)
+    config.model.num_layers = config_dict.placeholder(int)
+    config.model.num_decoder_layers = config_dict.placeholder(int)  # T5 only
+    config.model.dtype = "float32"  # matmul compute dtype: "float32" | "bfloat16"
+    config.model.dropout_rate = config_dict.placeholder(float)  # None: the preset's
+    config.model.scan_layers = False
+    config.model.remat_policy = "none"  # modeling.transformer.REMAT_POLICIES
+
+    # -- objective --------------------------------------------------------------------------
+    config.objective = ml_collections.ConfigDict()
+    config.objective.name = "span_corruption"  # objectives.registry.OBJECTIVES
+    # T5 family: cross-entropy as T5X computes it.
+    config.objective.z_loss = 1e-4
+    config.objective.label_smoothing = 0.0
+    config.objective.normalize = "sum"  # losses.NORMALIZE_MODES: "sum" | "token" | "sequence"
+    # ELECTRA family: objectives.rtd.RTDConfig fields (special ids come from the vocabulary).
+    config.objective.mask_prob = 0.15
+    config.objective.max_predictions = config_dict.placeholder(int)  # None: from mask_prob
+    config.objective.mask_replace_prob = 0.85
+    config.objective.random_token_prob = 0.0
+    config.objective.temperature = 1.0
+    config.objective.disallow_correct = False
+    config.objective.uniform_generator = False
+    config.objective.gen_weight = 1.0
+    config.objective.disc_weight = 50.0
+    config.objective.main_mlm_weight = 1.0
+
+    # -- data -------------------------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "bundled"  # "bundled" | "files" | "synthetic" (random ids, benchmarks)
+    config.data.train_files = ""  # glob(s), comma-separated, for source="files"
+    config.data.validation_files = ""
+    config.data.vocab_path = ""  # "" -> the bundled sentencepiece model
+    config.data.batch_size = 8  # GLOBAL batch (all processes), split over data x fsdp
+    config.data.inputs_length = 64  # encoder length (ELECTRA: the sequence length)
+    config.data.targets_length = 16  # decoder length (T5 only)
+    config.data.pack = True
+    config.data.noise_density = 0.15  # T5 span corruption
+    config.data.mean_noise_span_length = 3.0
+    config.data.prefetch = 2  # batches prepared ahead in a background thread
+
+    # -- optimizer --------------------------------------------------------------------------
+    config.optimizer = ml_collections.ConfigDict(dict(optim.DEFAULTS))
+
+    # -- train ------------------------------------------------------------------------------
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 100
+    config.train.microbatches = 1  # gradient accumulation: batch_size / microbatches per pass
+    config.train.log_every = 10
+    config.train.eval_every = 100  # 0 disables periodic evaluation
+    config.train.eval_steps = 4  # validation batches per evaluation
+    config.train.nan_policy = "stop"  # "stop": raise, checkpoint intact | "skip": drop the update
+    config.train.init_from = ""  # a checkpoint dir (pretrax) or an HF dir: params only
+    config.train.console = True  # progress line on stdout (process 0)
+    config.train.tensorboard = True
+    config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 -> measured once at start-up
+    # JAX's persistent compilation cache: a restarted/resumed run skips recompiling ("" = off).
+    config.train.compilation_cache_dir = "~/.cache/pretrax/jax"
+
+    # -- checkpoint -------------------------------------------------------------------------
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every = 1000  # steps between saves (0 disables periodic saves)
+    config.checkpoint.keep = 3  # the last K checkpoints...
+    config.checkpoint.keep_period = 0  # ...plus every P-th step forever (0: none)
+    config.checkpoint.async_save = True
+
+    # -- mesh and sharding ------------------------------------------------------------------
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = 1
+    config.mesh.fsdp = -1  # -1: all remaining devices
+    config.mesh.model = 1
+    config.sharding = "fsdp"  # a name in launch.mesh.RULES: "dp" | "fsdp" | "fsdp_tp"
+
+    # -- distributed ------------------------------------------------------------------------
+    config.distributed = ml_collections.ConfigDict()
+    # "auto": initialise when the environment says so (TPU pod, SLURM, JAX_COORDINATOR_ADDRESS);
+    # "on": always (with the fields below); "off": single process.
+    config.distributed.mode = "auto"
+    config.distributed.coordinator_address = ""  # "host:port" of process 0
+    config.distributed.num_processes = config_dict.placeholder(int)
+    config.distributed.process_id = config_dict.placeholder(int)
+    config.distributed.initialization_timeout = 300  # seconds
+    config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
+    return config
+
+
+def parse_arg(arg: str | None, known: tuple[str, ...], file: str) -> str:
+    """The variant named after ``:`` in ``--config=FILE:VARIANT``; a clear error if unknown."""
+    variant = arg or "tiny"
+    if variant not in known:
+        raise ValueError(f"{file}: unknown variant {variant!r}; expected one of {known}")
+    return variant

@@ -1,0 +1,92 @@
+"""Hugging Face <-> pretrax checkpoints.
+
+Import (params only, step 0; train from it with ``--config.train.init_from=OUT`` or directly
+with ``--config.train.init_from=HF_DIR``)::
+
+    python -m launch.convert from_hf HF_DIR OUT
+
+Export the latest (or ``--step``) checkpoint of a run; the model is rebuilt from the run's
+resolved ``RUN/config.json``::
+
+    python -m launch.convert to_hf RUN HF_OUT [--step N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import SingleDeviceSharding
+
+from launch import checkpoint as ckpt_lib
+from launch import inputs as inputs_lib
+from objectives import registry
+
+
+def from_hf(hf_dir: str, out: str) -> str:
+    """Writes ``OUT/checkpoints/0/state`` with the HF model's params; returns the step dir."""
+    from modeling import hf
+
+    model, params = hf.from_hf(hf_dir)
+    step_dir = ckpt_lib.save_params(out, params, step=0)
+    with open(os.path.join(out, "hf_source.json"), "w") as f:
+        json.dump({"hf_dir": os.path.abspath(hf_dir), "model": type(model).__name__}, f)
+    return step_dir
+
+
+def run_config(run_dir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: to_hf needs the resolved config that "
+                                "launch.train writes into every run directory")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run_params(run_dir: str, step: int | None = None) -> tuple[Any, Any]:
+    """(model, params on one device) of a run's checkpoint (latest unless ``step``)."""
+    config = run_config(run_dir)
+    # The special ids only enter ELECTRA's loss, not the model: the defaults do.
+    objective = registry.build(config, dict(inputs_lib.SYNTHETIC_SPECIAL_IDS))
+    boxed = jax.eval_shape(objective.init_fn, jax.random.key(0))["params"]
+    shapes = jax.tree.map(lambda x: x.value if hasattr(x, "names") else x, boxed,
+                          is_leaf=lambda x: hasattr(x, "names"))
+    sharding = SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            shapes)
+    source = run_dir if step is None else os.path.join(ckpt_lib.checkpoint_dir(run_dir),
+                                                       str(step))
+    return objective.model, ckpt_lib.load_params(source, abstract)
+
+
+def to_hf(run_dir: str, out: str, step: int | None = None) -> None:
+    from modeling import hf
+
+    model, params = load_run_params(run_dir, step)
+    hf.to_hf(model, jax.device_get(params), out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Hugging Face <-> pretrax checkpoints")
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("from_hf", help="HF directory -> params-only pretrax checkpoint")
+    imp.add_argument("hf_dir")
+    imp.add_argument("out")
+    exp = sub.add_parser("to_hf", help="pretrax run directory -> HF directory")
+    exp.add_argument("run_dir")
+    exp.add_argument("out")
+    exp.add_argument("--step", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "from_hf":
+        print(from_hf(args.hf_dir, args.out))
+    else:
+        to_hf(args.run_dir, args.out, args.step)
+        print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Command line: ``python -m launch.train --config=configs/t5.py:tiny --workdir=DIR``.
+
+The config is locked, so an override of a key that does not exist fails at start-up. The
+resolved config is written to ``DIR/config.json`` (and ``config.txt``) so a run can be
+reproduced from its folder; a later start in the same ``DIR`` resumes from its latest
+checkpoint. Exit code 0 on success and after a SIGTERM/SIGINT (checkpoint saved), 1 when the
+loss became NaN/Inf (the last good checkpoint stays intact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file and variant, e.g. configs/t5.py:tiny.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def write_config(config, workdir: str) -> None:
+    """``config.json`` (machine-readable) and ``config.txt`` (ml_collections' own dump)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(os.path.join(workdir, "config.txt"), "w") as f:
+        f.write(str(config))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Imported here so --help works without initialising JAX.
+    import jax
+
+    from launch import trainer
+
+    # orbax logs every file it writes at INFO; keep the console to the progress line.
+    logging.set_verbosity(logging.WARNING)
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    trainer.initialize_distributed(config.distributed)
+    if jax.process_index() == 0:
+        write_config(config, workdir)
+    try:
+        summary = trainer.train(config, workdir)
+    except trainer.TrainingDiverged as error:
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)
+        return 1
+    if jax.process_index() == 0:
+        _print_summary(summary)
+        from launch import plot
+
+        print(f"loss curves: {plot.plot(workdir)}", flush=True)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    if summary["stopped_by_signal"]:
+        print(f"stopped by signal at step {summary['step']}; checkpoint saved, rerun the same "
+              "command to resume", flush=True)
+        return
+    evals = summary["eval"]
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        lines = [f"validation loss: step {first['step']} {first['eval/loss']:.4f} -> step "
+                 f"{last['step']} {last['eval/loss']:.4f}"]
+        for key in ("eval/cross_entropy", "eval/accuracy", "eval/disc_accuracy",
+                    "eval/disc_precision", "eval/disc_recall", "eval/gen_accuracy"):
+            if key in last:
+                lines.append(f"  {key[5:]}: {first[key]:.4f} -> {last[key]:.4f}")
+        if "eval/unigram_entropy" in last:
+            lines.append(f"  unigram baseline (context-free cross-entropy): "
+                         f"{last['eval/unigram_entropy']:.4f}")
+        if "eval/replaced_fraction" in last:
+            rate = last["eval/replaced_fraction"]
+            lines.append(f"  chance: accuracy {1 - rate:.4f} (always 'original'), precision "
+                         f"{rate:.4f} (the share of replaced tokens)")
+        print("\n".join(lines), flush=True)
+    print(f"done: step {summary['step']}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,113 @@
+"""Every config file and variant loads, builds its model abstractly, and rejects typos."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import pytest
+
+from configs import common
+from configs import electra as electra_configs
+from configs import t5 as t5_configs
+from launch import inputs as inputs_lib
+from launch import mesh as mesh_lib
+from launch import optim
+from modeling import electra, t5
+from objectives import registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL = [("t5", v) for v in t5_configs.VARIANTS] + [("electra", v)
+                                                  for v in electra_configs.VARIANTS]
+
+
+def _get(family, variant):
+    module = t5_configs if family == "t5" else electra_configs
+    return module.get_config(variant)
+
+
+@pytest.mark.parametrize("family,variant", ALL)
+def test_variant_builds_its_model_abstractly(family, variant):
+    config = _get(family, variant)
+    # Every key of the base config exists with the same type (files change values only).
+    base = common.base_config()
+    assert set(config.to_dict()) == set(base.to_dict())
+    for section in base.keys():
+        if hasattr(base[section], "keys"):
+            assert set(config[section].keys()) == set(base[section].keys()), section
+    objective = registry.build(config, dict(inputs_lib.SYNTHETIC_SPECIAL_IDS))
+    abstract = jax.eval_shape(objective.init_fn, jax.random.key(0))["params"]
+    count = sum(x.value.size if isinstance(x, nn.Partitioned) else x.size
+                for x in jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(
+                    x, nn.Partitioned)))
+    if variant in t5.PRESETS and family == "t5":
+        # The abstract model is the preset (vocab overridden only for the bundled corpus).
+        cfg = t5.PRESETS[variant]
+        assert objective.model.config.d_model == cfg.d_model
+        assert objective.model.config.num_layers == cfg.num_layers
+    if family == "electra" and variant in electra.PRESETS and variant != "tiny":
+        want = electra.PRESETS[variant]
+        got = objective.model.config
+        assert got.discriminator.d_model == want.discriminator.d_model
+        assert got.generator_config().d_model == want.generator_config().d_model
+    assert count > 0
+    # Every rule preset resolves for the params on a (2, 2, 2) mesh and the optimizer builds.
+    mesh = mesh_lib.make_mesh(2, 2, 2)
+    shardings = mesh_lib.params_shardings(abstract, mesh, mesh_lib.RULES[config.sharding])
+    assert len(jax.tree.leaves(shardings)) == len(jax.tree.leaves(
+        abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
+    optim.make_optimizer(config.optimizer, param_axes=mesh_lib.logical_specs(abstract))
+
+
+def test_published_recipes():
+    """The full-size variants carry the reference recipes (T5.md / ELECTRA.md)."""
+    c = t5_configs.get_config("t5_1_1_base")
+    assert (c.data.batch_size, c.data.inputs_length, c.data.targets_length) == (128, 512, 114)
+    assert (c.optimizer.name, c.optimizer.decay_rate, c.optimizer.schedule,
+            c.optimizer.warmup_steps) == ("adafactor", 0.8, "rsqrt", 10_000)
+    assert (c.objective.z_loss, c.objective.normalize, c.train.steps) == (1e-4, "sum", 2**19)
+    e = electra_configs.get_config("electra_small")
+    assert (e.data.batch_size, e.data.inputs_length, e.optimizer.learning_rate) == (128, 128, 5e-4)
+    assert (e.optimizer.eps, e.optimizer.bias_correction, e.optimizer.weight_decay,
+            e.optimizer.clip_norm) == (1e-6, False, 0.01, 1.0)
+    assert (e.objective.gen_weight, e.objective.disc_weight) == (1.0, 50.0)
+    assert electra_configs.get_config("electra_large").objective.mask_prob == 0.25
+
+
+def test_tiny_t5_targets_length_matches_span_corruption():
+    from objectives import denoising
+
+    for variant in ("tiny", "quickstart"):
+        c = t5_configs.get_config(variant)
+        raw, targets = denoising.get_objective("span_corruption").lengths(c.data.inputs_length)
+        assert targets == c.data.targets_length, variant
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown variant 'smal'"):
+        t5_configs.get_config("smal")
+
+
+def test_unknown_objective_for_family():
+    c = t5_configs.get_config("tiny")
+    c.objective.name = "electra"
+    with pytest.raises(ValueError, match="not an objective of model family 't5'"):
+        registry.build(c)
+
+
+def test_locked_config_rejects_a_typo():
+    c = t5_configs.get_config("tiny")
+    c.lock()
+    with pytest.raises(AttributeError, match="stpes"):
+        c.train.stpes = 3
+
+
+def test_cli_rejects_a_typod_override(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.train", "--config=configs/t5.py:tiny",
+         f"--workdir={tmp_path}", "--config.train.stpes=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "stpes" in result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "config.json"))
