@@ -43,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.d_ff = config_dict.placeholder(int)
     config.model.num_layers = config_dict.placeholder(int)
     config.model.num_decoder_layers = config_dict.placeholder(int)  # T5 only
+    # ELECTRA only: generator width / discriminator width, and what the two networks share
+    # ("tied" | "untied" | "all" | "gdes", modeling.electra.SHARING_MODES).
+    config.model.generator_fraction = config_dict.placeholder(float)
+    config.model.embedding_sharing = config_dict.placeholder(str)
     config.model.dtype = "float32"  # matmul compute dtype: "float32" | "bfloat16"
     config.model.dropout_rate = config_dict.placeholder(float)  # None: the preset's
     config.model.scan_layers = False
@@ -94,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.nan_policy = "stop"  # "stop": raise, checkpoint intact | "skip": drop the update
     config.train.init_from = ""  # a checkpoint dir (pretrax) or an HF dir: params only
     config.train.console = True  # progress line on stdout (process 0)
+    # At the end, step 0 vs trained on a held-out example (launch/showcase.py): T5 fills masked
+    # spans, ELECTRA flags replaced tokens. Re-creates the step-0 params: small configs only.
+    config.train.showcase = False
     config.train.tensorboard = True
     config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 -> measured once at start-up
     # JAX's persistent compilation cache: a restarted/resumed run skips recompiling ("" = off).

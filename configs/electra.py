@@ -82,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.steps = 1000
         config.train.log_every = 25
         config.train.eval_every = 250
+        config.train.showcase = True
         config.train.eval_steps = 4
         config.checkpoint.every = 250
         _electra_optimizer(config, 5e-4, 100, 1000)  # 2e-3 was measured to stall

@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.steps = 1000
         config.train.log_every = 25
         config.train.eval_every = 250
+        config.train.showcase = True
         config.train.eval_steps = 8
         config.checkpoint.every = 250
         config.optimizer.warmup_steps = 1000

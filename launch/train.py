@@ -81,6 +81,8 @@ def _print_summary(summary: dict) -> None:
             lines.append(f"  chance: accuracy {1 - rate:.4f} (always 'original'), precision "
                          f"{rate:.4f} (the share of replaced tokens)")
         print("\n".join(lines), flush=True)
+    if summary.get("showcase"):
+        print("\n".join(summary["showcase"]), flush=True)
     print(f"done: step {summary['step']}", flush=True)
 
 

@@ -17,7 +17,6 @@ import os
 import signal
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,7 +177,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ===== Abstract init -> shardings (nothing allocated yet) =====
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key = jax.random.split(root_key, 3)
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with mesh_lib.use_mesh(mesh, rules):
         abstract_params = jax.eval_shape(objective.init_fn, init_key)["params"]
     mesh_lib.validate(mesh, rules, abstract_params=abstract_params,
                       global_batch_size=batch_size, num_microbatches=microbatches)
@@ -212,7 +211,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     else:
         start_step = 0
         if config.train.init_from:
-            state["params"] = _warm_start(config.train.init_from, abstract_state["params"])
+            state["params"] = _warm_start(config.train.init_from, abstract_state["params"],
+                                          config.model.scan_layers)
             log(f"initialised params from {config.train.init_from}")
     if int(state["step"]) != start_step:
         raise ValueError(f"checkpoint step {start_step} holds state.step={int(state['step'])}")
@@ -313,7 +313,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ===== The loop =====
     step = start_step
     try:
-        with mesh, nn.logical_axis_rules(list(rules)):
+        with mesh_lib.use_mesh(mesh, rules):
             if config.train.eval_every > 0 and start_step == 0:
                 run_eval(0)
             while step < config.train.steps:
@@ -354,15 +354,47 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         checkpointer.close()
         writer.close()
     summary["step"] = step
+    if config.train.showcase and step == config.train.steps and is_main:
+        summary["showcase"] = _showcase(config, objective, state["params"], init_key,
+                                        eval_examples, special_ids)
     return summary
 
 
-def _warm_start(path: str, abstract_params: Any) -> Any:
+def _showcase(config: Any, objective: registry.Objective, params: Any, init_key: jax.Array,
+              examples: Any, special_ids: dict[str, int] | None) -> list[str]:
+    """Step 0 vs trained on one held-out example (launch/showcase.py); [] where it cannot run."""
+    if jax.process_count() > 1 or config.data.source == "synthetic":
+        return []
+    from flax import linen as nn
+
+    from data import vocab as vocab_lib
+    from launch import showcase
+
+    examples = examples or inputs_lib.make_examples(config, "validation")
+    example = examples.example(0)
+    params = jax.device_get(params)
+    init_params = jax.device_get(nn.unbox(jax.jit(objective.init_fn)(init_key)["params"]))
+    path = inputs_lib.vocab_path(config)
+    if config.model.family == "t5":
+        return showcase.t5_span_filling(
+            objective.model, params, init_params, example, vocab_lib.get_vocabulary(path),
+            config.data.inputs_length, config.data.targets_length)
+    if config.objective.name not in ("electra", "electra_15"):
+        return []
+    import sentencepiece as spm
+
+    cfg = registry.rtd_config(config, special_ids, objective.model.config.discriminator.vocab_size)
+    return showcase.electra_detection(
+        objective.model, params, init_params, example, spm.SentencePieceProcessor(model_file=path),
+        cfg, config.data.inputs_length, jax.random.key(config.seed + 1))
+
+
+def _warm_start(path: str, abstract_params: Any, scan_layers: bool) -> Any:
     """Params from a pretrax checkpoint or a Hugging Face directory, laid out for this run."""
     if ckpt_lib.is_hf_dir(path):
         from modeling import hf
 
-        _, params = hf.from_hf(path)
+        _, params = hf.from_hf(path, scan_layers=scan_layers)
         ckpt_lib.check_shapes(params, abstract_params, path)
         return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding),
                             params, abstract_params)

@@ -9,7 +9,8 @@ float32. Nothing here knows which model family it serves: T5 and ELECTRA differ 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -375,9 +376,10 @@ class Attention(nn.Module):
         query = proj(kernel_init=self.query_init or self.kernel_init, name="query")(inputs_q)
         key = proj(kernel_init=self.kernel_init, name="key")(inputs_kv)
         value = proj(kernel_init=self.kernel_init, name="value")(inputs_kv)
-        query = nn.with_logical_constraint(query, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV))
-        key = nn.with_logical_constraint(key, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV))
-        value = nn.with_logical_constraint(value, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV))
+        heads_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+        query = nn.with_logical_constraint(query, heads_axes)
+        key = nn.with_logical_constraint(key, heads_axes)
+        value = nn.with_logical_constraint(value, heads_axes)
 
         if decode:
             key, value = self._update_cache(key, value)
@@ -428,7 +430,8 @@ class Attention(nn.Module):
             raise ValueError(f"decode mode processes one position per call, got {key.shape[1]}")
         idx = cache_index.value
         zero = jnp.array(0, jnp.int32)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (zero, idx, zero, zero))
+        cached_key.value = jax.lax.dynamic_update_slice(
+            cached_key.value, key, (zero, idx, zero, zero))
         cached_value.value = jax.lax.dynamic_update_slice(
             cached_value.value, value, (zero, idx, zero, zero)
         )

@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from modeling import axes
-from modeling import layers
+from modeling import axes, layers
 
 Array = jax.Array
 
@@ -215,7 +214,8 @@ def _maybe_remat(module_cls, cfg: TransformerConfig):
     if cfg.remat_policy == "none":
         return module_cls
     # Arguments 5 and 6 (deterministic, decode; counting self) are Python bools.
-    return nn.remat(module_cls, policy=policy, static_argnums=(5, 6), prevent_cse=not cfg.scan_layers)
+    return nn.remat(module_cls, policy=policy, static_argnums=(5, 6),
+                    prevent_cse=not cfg.scan_layers)
 
 
 class Stack(nn.Module):

@@ -34,9 +34,10 @@ from objectives import denoising, losses, rtd
 LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
 
 T5_NAMES: tuple[str, ...] = tuple(denoising.T5_OBJECTIVES)
-# replace_mlm / all_tokens_mlm need a main-model MLM head (and a copy gate) that
-# modeling.electra.Electra does not have; they are not offered until it does.
-ELECTRA_NAMES: tuple[str, ...] = ("electra", "electra_15", "mlm")
+ELECTRA_NAMES: tuple[str, ...] = tuple(rtd.ELECTRA_OBJECTIVES)
+# Table 5's ablations whose main network predicts tokens: it gets an MLM head on its own word
+# table (``Electra.main_logits``), and its replaced-token head is All-Tokens MLM's copy gate.
+_MAIN_MLM = ("replace_mlm", "all_tokens_mlm")
 OBJECTIVES: tuple[str, ...] = T5_NAMES + ELECTRA_NAMES
 
 _MODEL_OVERRIDES = ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_layers",
@@ -75,6 +76,16 @@ def t5_model_config(config: Any) -> TransformerConfig:
 
 def electra_model_config(config: Any) -> electra.ElectraConfig:
     overrides = model_overrides(config)
+    for key in ("generator_fraction", "embedding_sharing"):
+        if config.model[key] is not None:
+            overrides[key] = config.model[key]
+    name = config.objective.name
+    if name == "mlm" and "embedding_sharing" not in overrides:
+        # The BERT baseline: one discriminator-sized encoder trained by MLM (the "generator"
+        # IS the discriminator network; its replaced-token head stays unused).
+        overrides.update(embedding_sharing="all", generator_fraction=1.0)
+    if name in _MAIN_MLM:
+        overrides["main_mlm_head"] = True
     if config.data.inputs_length > electra.PRESETS[config.model.preset].discriminator.max_positions:
         overrides["max_positions"] = config.data.inputs_length
     return electra.get_electra_config(config.model.preset, **overrides)
@@ -117,6 +128,9 @@ def electra_flops(cfg: electra.ElectraConfig, name: str, batch: int, length: int
     if name != "mlm":
         forward += _electra_encoder_flops(disc, batch, length)
         forward += 2 * batch * length * (disc.d_model**2 + disc.d_model)
+    if name in _MAIN_MLM:  # the main network's MLM head: at masked slots or at every token
+        slots = masked if name == "replace_mlm" else length
+        forward += 2 * batch * slots * (disc.d_model * emb + emb * disc.vocab_size)
     return 3.0 * forward
 
 
@@ -226,7 +240,22 @@ def _electra(config: Any, special_ids: dict[str, int]) -> Objective:
                                method=electra.Electra.discriminator_logits,
                                rngs={"dropout": disc_key})
 
-        loss, metrics = objective_fn(objective_key, batch, generator_fn, discriminator_fn, rcfg)
+        def main_mlm_fn(tokens, positions):
+            # [batch, length], [batch, slots] -> [batch, slots, vocab]
+            return model.apply({"params": params}, tokens, positions, **extra,
+                               method=electra.Electra.main_logits,
+                               rngs={"dropout": disc_key})[0]
+
+        def all_tokens_fn(tokens):
+            # [batch, length] -> ([batch, length, vocab], copy logits [batch, length])
+            return model.apply({"params": params}, tokens, None, **extra,
+                               method=electra.Electra.main_logits,
+                               rngs={"dropout": disc_key})
+
+        second = {"replace_mlm": main_mlm_fn, "all_tokens_mlm": all_tokens_fn}.get(
+            name, discriminator_fn)
+
+        loss, metrics = objective_fn(objective_key, batch, generator_fn, second, rcfg)
         metrics = {k: v for k, v in metrics.items() if k != "loss"}
         return loss, metrics
 

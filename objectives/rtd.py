@@ -90,7 +90,7 @@ def _check_logits(name: str, logits: jax.Array, shape: tuple[int, ...]) -> None:
         raise ValueError(f"rtd: {name} returned logits {logits.shape}, expected {shape} + (vocab,)")
 
 
-def _generator_step(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn: Callable,
+def generator_step(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn: Callable,
                     cfg: RTDConfig):
     """Mask, run the generator, MLM loss at the chosen slots, sample, corrupt."""
     mask_key, sample_key = jax.random.split(key)
@@ -128,7 +128,7 @@ def _disc_metrics(disc_logits: jax.Array, labels: jax.Array, weights: jax.Array,
 
 def _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg: RTDConfig,
                               *, only_masked: bool) -> tuple[jax.Array, Metrics]:
-    tokens, masked, corrupted, labels, mlm_loss, metrics = _generator_step(
+    tokens, masked, corrupted, labels, mlm_loss, metrics = generator_step(
         key, batch, generator_fn, cfg)
     # [batch, length] -> [batch, length]
     disc_logits = discriminator_fn(corrupted)
@@ -197,7 +197,7 @@ def replace_mlm_loss(key: jax.Array, batch: Mapping[str, jax.Array], generator_f
     Loss = gen_weight * MLM(generator) + main_mlm_weight * MLM(main model). A sample equal to the
     original stays a prediction target (as BERT's 'keep' case).
     """
-    tokens, masked, corrupted, labels, gen_mlm, metrics = _generator_step(
+    tokens, masked, corrupted, labels, gen_mlm, metrics = generator_step(
         key, batch, generator_fn, cfg)
     # [batch, length], [batch, slots] -> [batch, slots, vocab]
     main_logits = discriminator_fn(corrupted, masked.positions)
@@ -241,7 +241,7 @@ def all_tokens_mlm_loss(key: jax.Array, batch: Mapping[str, jax.Array], generato
     distribution puts D = sigmoid(copy_logit) on the input token and (1 - D) on softmax(logits).
     Main loss = -log p(original) averaged over all real tokens ([CLS]/[SEP] included).
     """
-    tokens, _, corrupted, labels, gen_mlm, metrics = _generator_step(
+    tokens, _, corrupted, labels, gen_mlm, metrics = generator_step(
         key, batch, generator_fn, cfg)
     outputs = discriminator_fn(corrupted)
     if not (isinstance(outputs, tuple | list) and len(outputs) == 2):

@@ -91,7 +91,9 @@ def test_cached_steps_equal_full_recomputation(overrides):
     last = jnp.zeros((3,), jnp.int32)
     for t in range(MAX_LEN):
         logits, cache = step(cache, last)
-        np.testing.assert_allclose(logits, full[:, t], atol=2e-5, err_msg=f"step {t}")
+        # Float32 noise only: the cached step and the full pass sum in different orders
+        # (seen up to 4.6e-5 on logits of magnitude ~1); the repo-wide bar is 1e-4.
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-4, err_msg=f"step {t}")
         last = jnp.asarray(forced[:, t])
 
 

@@ -122,10 +122,10 @@ def test_scan_equals_loop_and_remat_changes_nothing(family):
         p = scanned_params if scan else params
         out = stack.apply({"params": p}, x, mask)
         np.testing.assert_allclose(out, ref, atol=1e-5, err_msg=f"scan={scan} remat={remat}")
-        grad = jax.grad(lambda p: jnp.sum(stack.apply({"params": p}, x, mask) ** 2))(p)
+        grad = jax.grad(lambda p, stack=stack: jnp.sum(stack.apply({"params": p}, x, mask) ** 2))(p)
         if scan:
             grad = {**{k: v for k, v in grad.items() if k != "layers"},
-                    **{f"layers_{i}": jax.tree_util.tree_map(lambda a: a[i],
+                    **{f"layers_{i}": jax.tree_util.tree_map(lambda a, i=i: a[i],
                                                             grad["layers"]["block"])
                        for i in range(3)}}
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),

@@ -122,13 +122,17 @@ def _cli(config, workdir, *overrides, devices=8, timeout=600):
          *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("config,keys", [
-    ("configs/t5.py:tiny", ("cross_entropy", "accuracy", "z_loss")),
-    ("configs/electra.py:tiny", ("mlm_loss", "disc_loss", "disc_accuracy", "gen_accuracy")),
+@pytest.mark.parametrize("config,keys,shown", [
+    ("configs/t5.py:tiny", ("cross_entropy", "accuracy", "z_loss"),
+     ("held-out text with masked spans: ", "<extra_id_0>", "reference fill:", "step 0 fill:",
+      "trained fill:")),
+    ("configs/electra.py:tiny", ("mlm_loss", "disc_loss", "disc_accuracy", "gen_accuracy"),
+     ("replaced by the generator", "step 0 discriminator: caught",
+      "trained discriminator: caught")),
 ])
-def test_cli_end_to_end_on_the_bundled_corpus(tmp_path, config, keys):
+def test_cli_end_to_end_on_the_bundled_corpus(tmp_path, config, keys, shown):
     result = _cli(config, tmp_path, "--config.train.steps=3", "--config.train.eval_every=3",
-                  "--config.train.peak_flops=1e9")
+                  "--config.train.peak_flops=1e9", "--config.train.showcase=true")
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics_lib.read_metrics(str(tmp_path))
     train_records = [r for r in records if "loss" in r]
@@ -143,6 +147,8 @@ def test_cli_end_to_end_on_the_bundled_corpus(tmp_path, config, keys):
     assert os.path.isdir(tmp_path / "checkpoints" / "3")
     assert os.listdir(tmp_path / "tensorboard")
     assert "validation loss: step 0" in result.stdout
+    for text in shown:  # the held-out example, step 0 vs trained (launch/showcase.py)
+        assert text in result.stdout, text
     png = str(tmp_path / "metrics.png")  # written by launch.train at the end of the run
     assert f"loss curves: {png}" in result.stdout
     with open(png, "rb") as f:

@@ -1,0 +1,105 @@
+"""What a run learned, shown on held-out text: the end of the quick start.
+
+- T5: the first validation example with its spans masked by sentinels; the reference targets;
+  what the model at step 0 and the trained model write for them (greedy decoding with the KV
+  cache), and the teacher-forced cross-entropy / accuracy of both on those targets.
+- ELECTRA: the first validation example corrupted by the trained generator (same mask and
+  samples for both); which tokens the step-0 and the trained discriminator flag as replaced.
+
+Both take the model at step 0 by re-running the (deterministic) init, so they work after a
+resume too. Single-process only (the trainer skips them on multi-host runs); meant for the small
+configs, where a second copy of the params is cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modeling import decoding, electra
+from objectives import losses, rtd
+
+
+def _pad(row: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros((1, length), np.int32)
+    out[0, :min(len(row), length)] = row[:length]
+    return out
+
+
+def _decode(vocab: Any, ids: np.ndarray) -> str:
+    ids = [int(i) for i in ids]
+    if 1 in ids:  # EOS ends the text
+        ids = ids[:ids.index(1)]
+    return vocab.decode([i for i in ids if i != 0])
+
+
+def t5_span_filling(model: Any, params: Any, init_params: Any, example: dict[str, np.ndarray],
+                    vocab: Any, inputs_length: int, targets_length: int) -> list[str]:
+    """Lines comparing step 0 with the trained model on one held-out span-corruption example."""
+    enc = jnp.asarray(_pad(example["inputs"], inputs_length))
+    targets = _pad(example["targets"], targets_length)
+    dec_in = jnp.asarray(np.pad(targets[:, :-1], ((0, 0), (1, 0))))  # PAD = 0 starts
+    weights = jnp.asarray((targets > 0).astype(np.float32))
+    greedy = jax.jit(functools.partial(decoding.greedy_decode, model,
+                                       max_decode_length=targets_length))
+
+    @jax.jit
+    def score(p):
+        logits = model.apply({"params": p}, enc, dec_in)
+        ce = losses.cross_entropy(logits, jnp.asarray(targets), weights)
+        return ce.mean, losses.accuracy(logits, jnp.asarray(targets), weights)
+
+    lines = ["held-out text with masked spans: " + _decode(vocab, example["inputs"]),
+             "  reference fill:   " + _decode(vocab, example["targets"])]
+    for label, p in (("step 0", init_params), ("trained", params)):
+        tokens, _ = greedy(p, enc)
+        ce, acc = score(p)
+        lines.append(f"  {label + ' fill:':<17} {_decode(vocab, np.asarray(tokens)[0])}")
+        lines.append(f"  {'':<17} (cross-entropy {float(ce):.3f} nats/token, "
+                     f"accuracy {float(acc):.1%} on the reference fill)")
+    return lines
+
+
+def electra_detection(model: Any, params: Any, init_params: Any,
+                      example: dict[str, np.ndarray], vocab: Any, cfg: rtd.RTDConfig,
+                      length: int, key: jax.Array) -> list[str]:
+    """Lines showing which replaced tokens the step-0 and trained discriminators catch."""
+    tokens = jnp.asarray(_pad(example["inputs"], length))
+    types = jnp.asarray(_pad(example["token_type_ids"], length))
+    batch = {"encoder_input_tokens": tokens}
+
+    def generator_fn(masked, positions):
+        return model.apply({"params": params}, masked, positions, types,
+                           method=electra.Electra.generator_logits)
+
+    _, _, corrupted, labels, _, _ = jax.jit(
+        lambda k: rtd.generator_step(k, batch, generator_fn, cfg))(key)
+    corrupted, labels = np.asarray(corrupted)[0], np.asarray(labels)[0]
+    real = np.asarray(tokens)[0] != cfg.pad_id
+    replaced = int(labels[real].sum())
+    marked = ""
+    for token, replaced_here in zip(corrupted[real], labels[real], strict=True):
+        piece = vocab.id_to_piece(int(token)).replace("\u2581", " ")  # sentencepiece's space
+        if replaced_here:
+            piece = (" " if piece.startswith(" ") else "") + f"[{piece.strip()}]"
+        marked += piece
+    lines = [f"held-out text, {replaced} of {int(real.sum())} tokens replaced by the generator "
+             f"(in [brackets]):", "  " + marked.strip()]
+
+    @jax.jit
+    def flags(p):
+        return model.apply({"params": p}, jnp.asarray(corrupted[None]), types,
+                           method=electra.Electra.discriminator_logits)[0] > 0
+
+    for label, p in (("step 0", init_params), ("trained", params)):
+        flagged = np.asarray(flags(p))[real]
+        hit = int((flagged & (labels[real] == 1)).sum())
+        false = int((flagged & (labels[real] == 0)).sum())
+        correct = int((flagged == (labels[real] == 1)).sum())
+        lines.append(f"  {label} discriminator: caught {hit}/{replaced} replaced, "
+                     f"{false} false alarms, {correct}/{int(real.sum())} tokens right")
+    return lines

@@ -1,0 +1,122 @@
+"""Every registered objective builds its model and trains it through the registry's loss_fn.
+
+The objective functions themselves are checked by hand in test_rtd.py / test_losses.py; here
+the question is the wiring: that each name reaches the right network and head, and that the
+gradient flows into exactly the parameters that objective trains.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import electra as electra_configs
+from configs import t5 as t5_configs
+from launch import inputs as inputs_lib
+from objectives import registry
+
+SPECIAL = dict(inputs_lib.SYNTHETIC_SPECIAL_IDS)
+
+
+def _electra_batch(config, seed=0):
+    batch, length = config.data.batch_size, config.data.inputs_length
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(10, config.model.vocab_size, (batch, length)).astype(np.int32)
+    tokens[:, 0] = SPECIAL["cls"]
+    tokens[:, length // 2] = SPECIAL["sep"]
+    tokens[:, -1] = SPECIAL["sep"]
+    tokens[1, length - 8:] = 0  # a padded row
+    types = np.zeros_like(tokens)
+    types[:, length // 2 + 1:] = 1
+    return {"encoder_input_tokens": jnp.asarray(tokens),
+            "encoder_token_type_ids": jnp.asarray(types)}
+
+
+def _grads(name):
+    config = electra_configs.get_config("tiny")
+    config.objective.name = name
+    objective = registry.build(config, SPECIAL)
+    params = nn.unbox(objective.init_fn(jax.random.key(0))["params"])
+    batch = _electra_batch(config)
+
+    def loss(p):
+        return objective.loss_fn(p, batch, jax.random.key(1), True)
+
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    norms = {k: float(optax_norm(v)) for k, v in grads.items()}
+    return objective, float(value), metrics, norms
+
+
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("name", registry.ELECTRA_NAMES)
+def test_electra_objective_trains_the_right_parameters(name):
+    objective, value, metrics, norms = _grads(name)
+    assert np.isfinite(value) and value > 0
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    # The generator (or, for the BERT baseline, the single network) always learns by MLM.
+    assert norms["generator_head"] > 0
+    if name == "mlm":
+        # One discriminator-sized encoder: the generator IS the discriminator network.
+        cfg = objective.model.config
+        assert cfg.embedding_sharing == "all"
+        assert cfg.generator_config() == cfg.discriminator
+        assert norms["discriminator"] > 0 and norms["discriminator_head"] == 0
+    elif name in ("electra", "electra_15"):
+        assert norms["generator"] > 0 and norms["discriminator"] > 0
+        assert norms["discriminator_head"] > 0 and "main_mlm_head" not in norms
+    elif name == "replace_mlm":
+        # The main network predicts originals at the masked slots; no replaced-token head.
+        assert norms["main_mlm_head"] > 0 and norms["discriminator"] > 0
+        assert norms["discriminator_head"] == 0
+        assert "main_mlm_loss" in metrics and "main_accuracy" in metrics
+    elif name == "all_tokens_mlm":
+        # Every token predicted; the replaced-token head serves as the copy gate.
+        assert norms["main_mlm_head"] > 0 and norms["discriminator_head"] > 0
+        assert 0.0 < float(metrics["copy_probability"]) < 1.0
+
+
+def test_main_mlm_heads_only_where_needed():
+    for name in registry.ELECTRA_NAMES:
+        config = electra_configs.get_config("tiny")
+        config.objective.name = name
+        cfg = registry.build(config, SPECIAL).model.config
+        assert cfg.main_mlm_head == (name in ("replace_mlm", "all_tokens_mlm")), name
+
+
+def test_electra_flops_grow_with_the_main_mlm_head():
+    """Replace MLM adds the head at N slots, All-Tokens MLM at all L tokens (V-wide matmuls)."""
+    flops = {}
+    for name in registry.ELECTRA_NAMES:
+        config = electra_configs.get_config("tiny")
+        config.objective.name = name
+        flops[name] = registry.build(config, SPECIAL).flops_per_step
+    assert flops["electra"] == flops["electra_15"]
+    assert flops["electra"] < flops["replace_mlm"] < flops["all_tokens_mlm"]
+    # The head's cost by hand: 3 x 2 x tokens x (h x e + e x V), tiny = h 32, e 16, V 8192.
+    config = electra_configs.get_config("tiny")
+    b, length = config.data.batch_size, config.data.inputs_length
+    masked = int((0.15 + 0.005) * length)
+    per_slot = 3 * 2 * (32 * 16 + 16 * 8192)
+    assert flops["replace_mlm"] - flops["electra"] == pytest.approx(b * masked * per_slot)
+    assert flops["all_tokens_mlm"] - flops["electra"] == pytest.approx(b * length * per_slot)
+
+
+def test_model_overrides_reach_the_electra_config():
+    config = electra_configs.get_config("tiny")
+    config.model.generator_fraction = 1.0
+    config.model.embedding_sharing = "untied"
+    cfg = registry.build(config, SPECIAL).model.config
+    assert cfg.generator_fraction == 1.0 and cfg.embedding_sharing == "untied"
+    assert cfg.generator_config().d_model == cfg.discriminator.d_model
+
+
+def test_t5_objectives_share_one_model_and_loss():
+    for name in registry.T5_NAMES:
+        config = t5_configs.get_config("tiny")
+        config.objective.name = name
+        objective = registry.build(config)
+        assert objective.family == "t5" and objective.reduction == "sum"
