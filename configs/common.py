@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.d_ff = config_dict.placeholder(int)
     config.model.num_layers = config_dict.placeholder(int)
     config.model.num_decoder_layers = config_dict.placeholder(int)  # T5 only
+    config.model.embedding_size = config_dict.placeholder(int)  # ELECTRA only: factorized width
     # ELECTRA only: generator width / discriminator width, and what the two networks share
     # ("tied" | "untied" | "all" | "gdes", modeling.electra.SHARING_MODES).
     config.model.generator_fraction = config_dict.placeholder(float)

@@ -71,8 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _electra_optimizer(config, 1e-3, 5, 20)
     elif variant == "quickstart":
         # Discriminator width 128 (4 layers), generator half width (the tiny preset's
-        # fraction), 16 x 128 tokens per step.
+        # fraction), 16 x 128 tokens per step. Embeddings 128 wide: the tiny preset's 16 were
+        # measured to hold the generator near unigram level (MLM accuracy 0.06 vs 0.18 at 1k
+        # steps).
         config.model.d_model = 128
+        config.model.embedding_size = 128
         config.model.num_heads = 2
         config.model.head_dim = 64
         config.model.d_ff = 512

@@ -41,7 +41,7 @@ _MAIN_MLM = ("replace_mlm", "all_tokens_mlm")
 OBJECTIVES: tuple[str, ...] = T5_NAMES + ELECTRA_NAMES
 
 _MODEL_OVERRIDES = ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff", "num_layers",
-                    "num_decoder_layers", "dropout_rate")
+                    "num_decoder_layers", "embedding_size", "dropout_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,10 @@ def model_overrides(config: Any) -> dict[str, Any]:
 
 
 def t5_model_config(config: Any) -> TransformerConfig:
+    for key in ("embedding_size", "generator_fraction", "embedding_sharing"):
+        if config.model[key] is not None:
+            raise ValueError(f"config.model.{key}={config.model[key]!r} is an ELECTRA setting; "
+                             "T5 models do not have it")
     return t5.get_t5_config(config.model.preset, **model_overrides(config))
 
 

@@ -120,3 +120,10 @@ def test_t5_objectives_share_one_model_and_loss():
         config.objective.name = name
         objective = registry.build(config)
         assert objective.family == "t5" and objective.reduction == "sum"
+
+
+def test_electra_only_keys_are_rejected_for_t5():
+    config = t5_configs.get_config("tiny")
+    config.model.embedding_size = 64
+    with pytest.raises(ValueError, match="embedding_size=64 is an ELECTRA setting"):
+        registry.build(config)
