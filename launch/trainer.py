@@ -177,8 +177,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ===== Abstract init -> shardings (nothing allocated yet) =====
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key = jax.random.split(root_key, 3)
-    with mesh_lib.use_mesh(mesh, rules):
-        abstract_params = jax.eval_shape(objective.init_fn, init_key)["params"]
+    # Shapes and logical axes only: no mesh yet, so a bad rule is reported by validate() below.
+    abstract_params = jax.eval_shape(objective.init_fn, init_key)["params"]
     mesh_lib.validate(mesh, rules, abstract_params=abstract_params,
                       global_batch_size=batch_size, num_microbatches=microbatches)
     tx = optim.make_optimizer(config.optimizer,
@@ -389,7 +389,7 @@ def _showcase(config: Any, objective: registry.Objective, params: Any, init_key:
         cfg, config.data.inputs_length, jax.random.key(config.seed + 1))
 
 
-def _warm_start(path: str, abstract_params: Any, scan_layers: bool) -> Any:
+def _warm_start(path: str, abstract_params: Any, scan_layers: bool = False) -> Any:
     """Params from a pretrax checkpoint or a Hugging Face directory, laid out for this run."""
     if ckpt_lib.is_hf_dir(path):
         from modeling import hf
