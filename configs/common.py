@@ -74,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # -- data -------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
-    config.data.source = "bundled"  # "bundled" | "files" | "synthetic" (random ids, benchmarks)
+    # "bundled" | "files" | "seqio" (config.data.task) | "synthetic" (random ids, benchmarks)
+    config.data.source = "bundled"
+    config.data.task = ""  # a registered seqio task or mixture, for source="seqio"
     config.data.train_files = ""  # glob(s), comma-separated, for source="files"
     config.data.validation_files = ""
     config.data.vocab_path = ""  # "" -> the bundled sentencepiece model

@@ -13,6 +13,7 @@ generators without NumPy's per-generator seeding cost.
 
 from __future__ import annotations
 
+import abc
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -60,7 +61,7 @@ def example_rngs(seed: int, indices: Sequence[int],
     return pool[:len(indices)]
 
 
-class IndexedExamples:
+class IndexedExamples(abc.ABC):
     """Base: example(index) = make(item perm(seed, epoch)[pos], index), epoch, pos = divmod."""
 
     kind: str  # "encdec" (T5 feature names) or "encoder" (ELECTRA)
@@ -97,8 +98,9 @@ class IndexedExamples:
         """[self.example(i) for i in indices]; subclasses make them faster together."""
         return [self.example(i) for i in indices]
 
+    @abc.abstractmethod
     def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError  # every subclass defines it
+        """The example of corpus item ``item`` at stream position ``index``."""
 
 
 def resolve_objective(name: str, inputs_length: int, params: Mapping[str, Any],

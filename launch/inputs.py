@@ -6,6 +6,12 @@ the batch sharding, plus ``state()`` (saved in every checkpoint) and ``close()``
 - ``source="bundled"`` / ``"files"``: ``data.pipeline.InputPipeline`` over the bundled corpus
   (or ``config.data.*_files``) with the objective's host-side preprocessing (T5) or ELECTRA's
   example builder; every process builds only the rows its devices hold.
+- ``source="seqio"``: the registered seqio task or mixture ``config.data.task``. A local-corpus
+  task (``data/tasks.py``) is read through the fast path above (same examples, tested); any
+  other (C4 from TFDS, a mixture) through ``seqio.get_dataset`` with the task's feature
+  converter, each process reading its ``seqio.ShardInfo`` shard. Its state is the number of
+  batches consumed; a resume skips that many (tf.data re-reads them: the cost of a streaming
+  source).
 - ``source="synthetic"``: random ids that are a pure function of (seed, batch index), for
   benchmarks and for tests that must not depend on a corpus. The T5 targets copy the first
   input tokens so the loss can go down.
@@ -13,6 +19,7 @@ the batch sharding, plus ``state()`` (saved in every checkpoint) and ``close()``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +31,7 @@ from jax.sharding import Sharding
 from data import bundled, pipeline
 from objectives import denoising
 
-SOURCES = ("bundled", "files", "synthetic")
+SOURCES = ("bundled", "files", "seqio", "synthetic")
 SYNTHETIC_SPECIAL_IDS = {"pad": 0, "eos": 1, "unk": 2, "cls": 3, "sep": 4, "mask": 5}
 
 
@@ -51,13 +58,16 @@ def _files(config: Any, split: str) -> Any:
     return [f for f in files.split(",") if f]
 
 
-def make_examples(config: Any, split: str) -> pipeline.IndexedExamples | None:
-    """The index-addressable examples of one split (None for the synthetic source)."""
+def make_examples(config: Any, split: str) -> pipeline.IndexedExamples | SeqioSplit | None:
+    """The index-addressable examples of one split (None for the synthetic source; a
+    :class:`SeqioSplit` for a seqio task that only tf.data can read)."""
     source = config.data.source
     if source not in SOURCES:
         raise ValueError(f"config.data.source={source!r}; expected one of {SOURCES}")
     if source == "synthetic":
         return None
+    if source == "seqio":
+        return _seqio_examples(config, split)
     from data import vocab as vocab_lib  # seqio (and TensorFlow): only for real data
 
     path = vocab_path(config)
@@ -68,12 +78,21 @@ def make_examples(config: Any, split: str) -> pipeline.IndexedExamples | None:
         return pipeline.electra_examples_from_files(
             _files(config, split), path, max_length=config.data.inputs_length,
             seed=config.seed)
-    spec = denoising.get_objective(config.objective.name)
-    params = {k: config.data[k] for k in ("noise_density", "mean_noise_span_length")
-              if k in spec.defaults}
-    examples = pipeline.t5_examples(
+    return _check_lengths(config, pipeline.t5_examples(
         _files(config, split), path, objective=config.objective.name,
-        inputs_length=config.data.inputs_length, seed=config.seed, **params)
+        inputs_length=config.data.inputs_length, seed=config.seed, **_objective_params(config)))
+
+
+def _objective_params(config: Any) -> dict[str, Any]:
+    spec = denoising.get_objective(config.objective.name)
+    return {k: config.data[k] for k in ("noise_density", "mean_noise_span_length")
+            if k in spec.defaults}
+
+
+def _check_lengths(config: Any, examples: pipeline.IndexedExamples
+                   ) -> pipeline.IndexedExamples:
+    if examples.kind != "encdec":
+        return examples
     targets = examples.task_lengths["targets"]
     if targets != config.data.targets_length:
         raise ValueError(
@@ -81,6 +100,41 @@ def make_examples(config: Any, split: str) -> pipeline.IndexedExamples | None:
             f"{config.data.inputs_length} makes targets of length {targets}; set "
             f"config.data.targets_length={targets} (it is {config.data.targets_length})")
     return examples
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqioSplit:
+    """A split of a task that is read through ``seqio.get_dataset`` (not a local corpus)."""
+
+    task: str
+    split: str
+
+
+def _seqio_examples(config: Any, split: str) -> pipeline.IndexedExamples | SeqioSplit:
+    from data import tasks  # registers every pretrax task
+
+    name = config.data.task
+    if not name:
+        raise ValueError("config.data.source='seqio' needs config.data.task (a registered task "
+                         f"or mixture, e.g. {tasks.BUNDLED_TASKS[0]!r} or {tasks.C4_TASKS[0]!r})")
+    import seqio
+
+    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+        raise ValueError(f"config.data.task={name!r} is not a registered seqio task or mixture")
+    from data import vocab as vocab_lib
+
+    features = seqio.get_mixture_or_task(name).output_features
+    if config.model.vocab_size is not None:
+        vocab_lib.check_vocab_fits(config.model.vocab_size, features["inputs"].vocabulary)
+    local = tasks.local_examples(name, split, inputs_length=config.data.inputs_length,
+                                 seed=config.seed)
+    if local is None:
+        return SeqioSplit(name, split)
+    family = "encoder" if config.model.family == "electra" else "encdec"
+    if local.kind != family:
+        raise ValueError(f"config.data.task={name!r} makes {local.kind!r} examples; a "
+                         f"{config.model.family} model needs {family!r} ones")
+    return _check_lengths(config, local)
 
 
 class SyntheticInputs:
@@ -164,12 +218,58 @@ class PipelineInputs:
         self.pipeline.close()
 
 
+class SeqioInputs:
+    """``seqio.get_dataset`` batches of this process's shard; state = batches handed out."""
+
+    def __init__(self, config: Any, split: SeqioSplit, sharding: Sharding,
+                 state: Mapping[str, Any] | None = None):
+        import seqio
+
+        if config.model.family != "t5":
+            raise ValueError(f"config.data.task={split.task!r} is read by tf.data, which "
+                             "pretrax supports for T5 tasks; ELECTRA reads local-corpus tasks")
+        if state is not None and state.get("task") != split.task:
+            raise ValueError(f"the checkpoint's data state is for {state.get('task')!r}, not "
+                             f"config.data.task={split.task!r}")
+        self.task, self.sharding = split.task, sharding
+        self.batches = int(state["batches"]) if state else 0
+        batch = config.data.batch_size
+        rows = batch // jax.process_count()
+        lengths = {"inputs": config.data.inputs_length, "targets": config.data.targets_length}
+        dataset = seqio.get_dataset(
+            split.task, task_feature_lengths=lengths, dataset_split=split.split,
+            shuffle=split.split == "train", num_epochs=None, seed=config.seed, use_cached=False,
+            shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+            feature_converter=seqio.EncDecFeatureConverter(pack=config.data.pack))
+        dataset = dataset.batch(rows, drop_remainder=True).skip(self.batches)
+        self._iterator = dataset.prefetch(max(config.data.prefetch, 1)).as_numpy_iterator()
+        self._shape = (batch,)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        local = next(self._iterator)
+        self.batches += 1
+        return {k: jax.make_array_from_process_local_data(
+            self.sharding, np.asarray(v, np.int32), self._shape + v.shape[1:])
+            for k, v in local.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {"source": "seqio", "task": self.task, "batches": self.batches}
+
+    def close(self) -> None:
+        self._iterator = None
+
+
 def make_inputs(config: Any, examples: pipeline.IndexedExamples | None,
                 batch_spec: Mapping[str, tuple[tuple[int, ...], Any]], vocab_size: int,
                 sharding: Sharding, state: Mapping[str, Any] | None = None,
                 prefetch: int | None = None, split: str = "train"
-                ) -> SyntheticInputs | PipelineInputs:
+                ) -> SyntheticInputs | PipelineInputs | SeqioInputs:
     """The batch iterator for ``examples`` (from :func:`make_examples`), resumed at ``state``."""
+    if isinstance(examples, SeqioSplit):
+        return SeqioInputs(config, examples, sharding, state)
     if examples is None:
         # Validation draws from a different synthetic stream than training.
         seed = config.seed if split == "train" else config.seed + 1_000_003

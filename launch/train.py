@@ -70,7 +70,8 @@ def _print_summary(summary: dict) -> None:
         lines = [f"validation loss: step {first['step']} {first['eval/loss']:.4f} -> step "
                  f"{last['step']} {last['eval/loss']:.4f}"]
         for key in ("eval/cross_entropy", "eval/accuracy", "eval/disc_accuracy",
-                    "eval/disc_precision", "eval/disc_recall", "eval/gen_accuracy"):
+                    "eval/disc_precision", "eval/disc_recall", "eval/disc_auc",
+                    "eval/gen_accuracy"):
             if key in last:
                 lines.append(f"  {key[5:]}: {first[key]:.4f} -> {last[key]:.4f}")
         if "eval/unigram_entropy" in last:
@@ -79,7 +80,7 @@ def _print_summary(summary: dict) -> None:
         if "eval/replaced_fraction" in last:
             rate = last["eval/replaced_fraction"]
             lines.append(f"  chance: accuracy {1 - rate:.4f} (always 'original'), precision "
-                         f"{rate:.4f} (the share of replaced tokens)")
+                         f"{rate:.4f} (the share of replaced tokens), auc 0.5")
         print("\n".join(lines), flush=True)
     if summary.get("showcase"):
         print("\n".join(summary["showcase"]), flush=True)

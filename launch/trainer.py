@@ -363,14 +363,14 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 def _showcase(config: Any, objective: registry.Objective, params: Any, init_key: jax.Array,
               examples: Any, special_ids: dict[str, int] | None) -> list[str]:
     """Step 0 vs trained on one held-out example (launch/showcase.py); [] where it cannot run."""
-    if jax.process_count() > 1 or config.data.source == "synthetic":
-        return []
+    examples = examples or inputs_lib.make_examples(config, "validation")
+    if jax.process_count() > 1 or not hasattr(examples, "example"):
+        return []  # multi-host, synthetic data, or a streaming seqio task
     from flax import linen as nn
 
     from data import vocab as vocab_lib
     from launch import showcase
 
-    examples = examples or inputs_lib.make_examples(config, "validation")
     example = examples.example(0)
     params = jax.device_get(params)
     init_params = jax.device_get(nn.unbox(jax.jit(objective.init_fn)(init_key)["params"]))

@@ -225,3 +225,25 @@ def binary_precision_recall(
     pred_pos = jnp.sum(_masked(predictions.astype(jnp.float32), weights))
     label_pos = jnp.sum(_masked(labels.astype(jnp.float32), weights))
     return safe_divide(true_pos, pred_pos), safe_divide(true_pos, label_pos)
+
+
+def binary_auc(scores: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """ROC AUC of ``scores`` for the positive class over entries with weight > 0 (0.5 = chance).
+
+    The Mann-Whitney statistic from one sort: the probability that a random positive scores
+    above a random negative. Ties are broken by position, not averaged (float logits rarely
+    tie); weights only select entries. 0.5 when either class is empty.
+    """
+    valid = jnp.broadcast_to(weights, labels.shape).reshape(-1) > 0
+    scores = scores.astype(jnp.float32).reshape(-1)
+    labels = labels.astype(bool).reshape(-1)
+    # Invalid entries sort below every valid one, so valid ranks start at n_invalid.
+    order = jnp.argsort(jnp.where(valid, scores, -jnp.inf))
+    ranks = jnp.zeros(scores.shape, jnp.float32).at[order].set(
+        jnp.arange(scores.size, dtype=jnp.float32))
+    ranks = ranks - jnp.sum(~valid)  # 0-based rank among valid entries
+    pos = jnp.sum(valid & labels).astype(jnp.float32)
+    neg = jnp.sum(valid & ~labels).astype(jnp.float32)
+    # sum of positive ranks minus the ranks positives take among themselves = (pos, neg) wins.
+    wins = jnp.sum(jnp.where(valid & labels, ranks, 0.0)) - pos * (pos - 1.0) / 2.0
+    return jnp.where((pos > 0) & (neg > 0), wins / jnp.maximum(pos * neg, 1.0), 0.5)

@@ -122,6 +122,8 @@ def _disc_metrics(disc_logits: jax.Array, labels: jax.Array, weights: jax.Array,
         "disc_accuracy": losses.binary_accuracy(predictions, labels, weights),
         "disc_precision": precision,
         "disc_recall": recall,
+        # Threshold-free: does the discriminator rank replaced tokens above originals?
+        "disc_auc": losses.binary_auc(disc_logits, labels, weights),
         "replaced_fraction": losses.safe_divide(jnp.sum(labels * real), jnp.sum(real)),
     }
 

@@ -227,3 +227,33 @@ def test_jit_matches_eager_and_bad_input_raises():
         losses.cross_entropy(*args, label_smoothing=1.0)
     with pytest.raises(ValueError, match="do not match"):
         losses.cross_entropy(args[0], args[1][:, :3], args[2][:, :3])
+
+
+def test_binary_auc_equals_pairwise_count():
+    """AUC = share of (positive, negative) pairs ordered correctly, counted pair by pair."""
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        scores = rng.normal(size=(4, 33)).astype(np.float32)
+        labels = rng.random((4, 33)) < 0.2
+        weights = (rng.random((4, 33)) < 0.8).astype(np.float32)
+        scores[labels] += trial * 0.5  # from near-chance to well separated
+        pos = scores[(weights > 0) & labels]
+        neg = scores[(weights > 0) & ~labels]
+        expected = np.mean(pos[:, None] > neg[None, :])
+        got = float(losses.binary_auc(jnp.asarray(scores), jnp.asarray(labels),
+                                      jnp.asarray(weights)))
+        assert got == pytest.approx(expected, abs=1e-6), trial
+
+
+def test_binary_auc_by_hand():
+    labels = jnp.asarray([[0, 1, 0, 1]])
+    weights = jnp.ones((1, 4))
+    assert float(losses.binary_auc(jnp.asarray([[0.1, 0.9, 0.2, 0.8]]), labels, weights)) == 1.0
+    assert float(losses.binary_auc(jnp.asarray([[0.9, 0.1, 0.8, 0.2]]), labels, weights)) == 0.0
+    # (0.5 vs 0.1: win, 0.5 vs 0.7: loss, 0.3 vs 0.1: win, 0.3 vs 0.7: loss) -> 2 / 4.
+    assert float(losses.binary_auc(jnp.asarray([[0.1, 0.5, 0.7, 0.3]]), labels, weights)) == 0.5
+    # A masked-out entry changes nothing; a single class gives 0.5.
+    masked = jnp.asarray([[1.0, 1.0, 1.0, 0.0]])
+    assert float(losses.binary_auc(jnp.asarray([[0.1, 0.9, 0.2, -5.0]]), labels, masked)) == 1.0
+    assert float(losses.binary_auc(jnp.asarray([[0.1, 0.9]]), jnp.asarray([[1, 1]]),
+                                   jnp.ones((1, 2)))) == 0.5
