@@ -127,8 +127,8 @@ def _cli(config, workdir, *overrides, devices=8, timeout=600):
      ("held-out text with masked spans: ", "<extra_id_0>", "reference fill:", "step 0 fill:",
       "trained fill:")),
     ("configs/electra.py:tiny", ("mlm_loss", "disc_loss", "disc_accuracy", "gen_accuracy"),
-     ("replaced by the generator", "step 0 discriminator: caught",
-      "trained discriminator: caught")),
+     ("replaced by the generator", "step 0 discriminator: flags",
+      "trained discriminator: flags", "suspects")),
 ])
 def test_cli_end_to_end_on_the_bundled_corpus(tmp_path, config, keys, shown):
     result = _cli(config, tmp_path, "--config.train.steps=3", "--config.train.eval_every=3",
