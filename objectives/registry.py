@@ -114,7 +114,7 @@ def t5_flops(cfg: TransformerConfig, batch: int, inputs_length: int, targets_len
     return 3.0 * (cfg.num_layers * enc + cfg.num_decoder_layers * dec + head)
 
 
-def _electra_encoder_flops(cfg: TransformerConfig, batch: int, length: int) -> float:
+def electra_encoder_flops(cfg: TransformerConfig, batch: int, length: int) -> float:
     h, tokens = cfg.d_model, batch * length
     # PERFORMANCE.md's 2*T*(4*h*h + 2*h*ffn) with ffn = d_ff.
     per_layer = 2 * tokens * (4 * h * h + 2 * h * cfg.d_ff) + 4 * batch * length**2 * h
@@ -127,10 +127,10 @@ def electra_flops(cfg: electra.ElectraConfig, name: str, batch: int, length: int
                   masked: int) -> float:
     disc, gen = cfg.discriminator, cfg.generator_config()
     emb, h = cfg.embedding_size, gen.d_model
-    forward = _electra_encoder_flops(gen, batch, length)
+    forward = electra_encoder_flops(gen, batch, length)
     forward += 2 * batch * masked * (h * emb + emb * gen.vocab_size)  # MLM head at masked slots
     if name != "mlm":
-        forward += _electra_encoder_flops(disc, batch, length)
+        forward += electra_encoder_flops(disc, batch, length)
         forward += 2 * batch * length * (disc.d_model**2 + disc.d_model)
     if name in _MAIN_MLM:  # the main network's MLM head: at masked slots or at every token
         slots = masked if name == "replace_mlm" else length

@@ -127,3 +127,16 @@ def test_electra_only_keys_are_rejected_for_t5():
     config.model.embedding_size = 64
     with pytest.raises(ValueError, match="embedding_size=64 is an ELECTRA setting"):
         registry.build(config)
+
+
+def test_flops_match_performance_md_reference_values():
+    """shared/reference/PERFORMANCE.md: T5-v1.1-small B8 512/114 = 850 GFLOP per training
+    step; ELECTRA-Small discriminator alone at B32 x 128 = 254 GFLOP."""
+    from modeling import electra, t5
+
+    t5_small = registry.t5_flops(t5.get_t5_config("t5_1_1_small"), 8, 512, 114)
+    assert t5_small / 1e9 == pytest.approx(850, abs=0.5)
+    disc = electra.PRESETS["electra_small"].discriminator
+    forward = (registry.electra_encoder_flops(disc, 32, 128)
+               + 2 * 32 * 128 * (disc.d_model**2 + disc.d_model))  # + the discriminator head
+    assert 3 * forward / 1e9 == pytest.approx(254, abs=0.5)
