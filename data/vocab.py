@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--extra_ids", type=int, default=100)
     parser.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--character_coverage", type=float, default=0.9995,
+                        help="share of the corpus's characters given pieces (1.0: every one; "
+                             "the rest map to unk)")
     args = parser.parse_args(argv)
     info = train_vocab(
         args.input or bundled.TRAIN_FILES,
@@ -203,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra_ids=args.extra_ids,
         model_type=args.model_type,
         seed=args.seed,
+        character_coverage=args.character_coverage,
     )
     print(json.dumps(info, indent=2, sort_keys=True))
 
