@@ -7,32 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from modeling import decoding, t5
+from tests.test_t5 import _init
 
 MAX_LEN = 10
 VOCAB = 512
 
 
 def _model(**overrides):
-    """Tiny model with random params of its exact tree (numpy draws on ``eval_shape``: no init
-    compile): norm scales near 1, embeddings and relpos ~N(0, 1), kernels ~N(0, 1/fan_in)."""
-    model = t5.EncoderDecoder(t5.get_t5_config("tiny", **overrides))
-    x = jnp.ones((1, 2), jnp.int32)
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, x)))
-    rng = np.random.RandomState(3)
-
-    def draw(path, s):
-        name = path[-1].key
-        if name == "scale":
-            return (1.0 + 0.2 * rng.randn(*s.shape)).astype(np.float32)
-        if name in ("embedding", "rel_embedding"):
-            return rng.randn(*s.shape).astype(np.float32)
-        fan_in = s.shape[0] * (s.shape[1] if path[-2].key == "out" else 1)
-        return (rng.randn(*s.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    return model, jax.tree_util.tree_map_with_path(draw, shapes["params"])
+    """Tiny model with random params of its exact tree (test_t5's draws, seed 3)."""
+    return _init(t5.get_t5_config("tiny", **overrides), seed=3)
 
 
 def _encoder_tokens():
