@@ -18,20 +18,16 @@ import signal
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental.compilation_cache import compilation_cache
-from jax.sharding import NamedSharding, PartitionSpec
 
 from launch import checkpoint as ckpt_lib
 from launch import inputs as inputs_lib
 from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
-from launch import optim
+from launch import step as step_lib
 from objectives import registry
 
-NAN_POLICIES = ("stop", "skip")
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
 
@@ -158,44 +154,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     jax.config.update("jax_threefry_partitionable", True)
     enable_compilation_cache(config.train.compilation_cache_dir)
     is_main = jax.process_index() == 0
-    if config.train.nan_policy not in NAN_POLICIES:
-        raise ValueError(f"config.train.nan_policy={config.train.nan_policy!r}; expected one of "
-                         f"{NAN_POLICIES}")
 
-    # ===== Mesh and logical axis rules =====
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-    if config.sharding not in mesh_lib.RULES:
-        raise ValueError(f"config.sharding={config.sharding!r}; expected one of "
-                         f"{sorted(mesh_lib.RULES)}")
-    rules = mesh_lib.RULES[config.sharding]
-
-    # ===== Objective: model, batch spec, loss =====
-    special_ids = inputs_lib.special_ids(config) if config.model.family == "electra" else None
-    objective = registry.build(config, special_ids)
-    batch_size, microbatches = config.data.batch_size, config.train.microbatches
-
-    # ===== Abstract init -> shardings (nothing allocated yet) =====
-    root_key = jax.random.key(config.seed)
-    init_key, train_key, eval_key = jax.random.split(root_key, 3)
-    # Shapes and logical axes only: no mesh yet, so a bad rule is reported by validate() below.
-    abstract_params = jax.eval_shape(objective.init_fn, init_key)["params"]
-    mesh_lib.validate(mesh, rules, abstract_params=abstract_params,
-                      global_batch_size=batch_size, num_microbatches=microbatches)
-    tx = optim.make_optimizer(config.optimizer,
-                              param_axes=mesh_lib.logical_specs(abstract_params))
-    schedule = optim.make_schedule(config.optimizer)
-
-    def init_state():
-        params = objective.init_fn(init_key)["params"]
-        # Boxed params give boxed moments, so the optimizer state is born sharded too.
-        return {"step": jnp.zeros([], jnp.int32), "params": params,
-                "opt_state": tx.init(params)}
+    # ===== The program: mesh, objective, optimizer, shardings, jitted steps (no arrays yet) =====
+    program = step_lib.build(config)
+    objective, mesh = program.objective, program.mesh
+    batch_size = config.data.batch_size
 
     # ===== Sharded init: every array is created on the devices that hold it =====
-    state, state_shardings = mesh_lib.sharded_init(init_state, mesh, rules)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    abstract_state = ckpt_lib.abstract_like(state, state_shardings)
+    state = program.init_state()
+    batch_sharding = program.batch_sharding
 
     # ===== Restore the latest checkpoint, or warm-start from init_from =====
     log = print if is_main and config.train.console else (lambda message: None)
@@ -204,66 +171,28 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
         async_save=config.checkpoint.async_save, log=log)
     data_state = None
-    restored = checkpointer.restore(abstract_state)
+    restored = checkpointer.restore(program.abstract_state)
     if restored is not None:
         start_step, state, data_state = restored
         log(f"resumed from {checkpointer.directory}/{start_step}")
     else:
         start_step = 0
         if config.train.init_from:
-            state["params"] = _warm_start(config.train.init_from, abstract_state["params"],
+            state["params"] = _warm_start(config.train.init_from,
+                                          program.abstract_state["params"],
                                           config.model.scan_layers)
             log(f"initialised params from {config.train.init_from}")
     if int(state["step"]) != start_step:
         raise ValueError(f"checkpoint step {start_step} holds state.step={int(state['step'])}")
 
     # ===== Input pipelines =====
-    vocab_size = objective.model.config.vocab_size if config.model.family == "t5" else (
-        objective.model.config.discriminator.vocab_size)
+    vocab_size = objective.vocab_size
     train_examples = inputs_lib.make_examples(config, "train")
     train_inputs = inputs_lib.make_inputs(config, train_examples, objective.batch_spec,
                                           vocab_size, batch_sharding, data_state)
     eval_examples = (inputs_lib.make_examples(config, "validation")
                      if config.train.eval_every > 0 else None)
-
-    # ===== The jitted train step =====
-    def train_step(state, batch):
-        step_key = jax.random.fold_in(train_key, state["step"])
-
-        def loss_fn(params, micro, key):
-            return objective.loss_fn(params, micro, key, False)
-
-        (loss, metrics), grads = optim.accumulate_gradients(
-            loss_fn, state["params"], batch, microbatches, has_aux=True,
-            reduction=objective.reduction, rng_key=step_key)
-        if objective.reduction == "sum":
-            # The loss (and its gradient) is a sum over microbatches; per-token rates average.
-            metrics = jax.tree.map(lambda m: m / microbatches, metrics)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"step": state["step"] + 1,
-                     "params": optax.apply_updates(state["params"], updates),
-                     "opt_state": opt_state}
-        if config.train.nan_policy == "skip":
-            # Keep the old params/moments when the loss is not finite; the step still counts.
-            finite = jnp.isfinite(loss)
-            kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                {k: new_state[k] for k in ("params", "opt_state")},
-                                {k: state[k] for k in ("params", "opt_state")})
-            new_state = {"step": new_state["step"], **kept}
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state["step"])}
-        return new_state, metrics
-
-    # One sharding for every batch array (a pytree prefix): rows over data x fsdp.
-    train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-
-    def eval_step(params, batch, key):
-        loss, metrics = objective.loss_fn(params, batch, key, True)
-        return {**metrics, "loss": loss}
-
-    eval_step = jax.jit(eval_step, in_shardings=(state_shardings["params"], batch_sharding,
-                                                 None), out_shardings=replicated)
+    train_step, eval_step, eval_key = program.train_step, program.eval_step, program.eval_key
 
     def evaluate(params) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
         # A fresh pipeline each time: every evaluation sees the same validation batches.
@@ -313,7 +242,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ===== The loop =====
     step = start_step
     try:
-        with mesh_lib.use_mesh(mesh, rules):
+        with mesh_lib.use_mesh(mesh, program.rules):
             if config.train.eval_every > 0 and start_step == 0:
                 run_eval(0)
             while step < config.train.steps:
@@ -355,8 +284,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         writer.close()
     summary["step"] = step
     if config.train.showcase and step == config.train.steps and is_main:
-        summary["showcase"] = _showcase(config, objective, state["params"], init_key,
-                                        eval_examples, special_ids)
+        summary["showcase"] = _showcase(config, objective, state["params"], program.init_key,
+                                        eval_examples, objective.special_ids)
     return summary
 
 

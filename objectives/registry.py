@@ -55,6 +55,8 @@ class Objective:
     flops_per_step: float
     tokens_per_step: int
     reduction: str
+    vocab_size: int
+    special_ids: dict[str, int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def _t5(config: Any) -> Objective:
         name=obj.name, family="t5", model=model, batch_spec=batch_spec, init_fn=init_fn,
         loss_fn=loss_fn, flops_per_step=t5_flops(cfg, batch, l_in, l_out),
         tokens_per_step=batch * (l_in + l_out),
-        reduction="sum" if obj.normalize == "sum" else "mean")
+        reduction="sum" if obj.normalize == "sum" else "mean", vocab_size=cfg.vocab_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +268,8 @@ def _electra(config: Any, special_ids: dict[str, int]) -> Objective:
     return Objective(
         name=name, family="electra", model=model, batch_spec=batch_spec, init_fn=init_fn,
         loss_fn=loss_fn, flops_per_step=electra_flops(cfg, name, batch, length, masked),
-        tokens_per_step=batch * length, reduction="mean")
+        tokens_per_step=batch * length, reduction="mean",
+        vocab_size=cfg.discriminator.vocab_size, special_ids=dict(special_ids))
 
 
 def build(config: Any, special_ids: dict[str, int] | None = None) -> Objective:
@@ -280,8 +283,9 @@ def build(config: Any, special_ids: dict[str, int] | None = None) -> Objective:
         return _t5(config)
     if name in ELECTRA_NAMES and family == "electra":
         if special_ids is None:
-            raise ValueError(f"objective {name!r} needs the vocabulary's special ids "
-                             "(pad, cls, sep, mask)")
+            from launch import inputs as inputs_lib
+
+            special_ids = inputs_lib.special_ids(config)
         return _electra(config, special_ids)
     known = T5_NAMES if family == "t5" else ELECTRA_NAMES if family == "electra" else ()
     raise ValueError(f"config.objective.name={name!r} is not an objective of model family "
