@@ -33,8 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # -- model ------------------------------------------------------------------------------
     config.model = ml_collections.ConfigDict()
-    config.model.family = "t5"  # "t5" | "electra" (set by the family file)
-    config.model.preset = "tiny"  # a name in modeling.t5.PRESETS / modeling.electra.PRESETS
+    # A name in modeling.t5.PRESETS or modeling.electra.PRESETS: the objective decides which
+    # family (objectives/registry.py), so there is no family key.
+    config.model.preset = "tiny"
     # Size overrides (None: the preset's value), e.g. a wider "tiny" for a quick experiment.
     config.model.vocab_size = config_dict.placeholder(int)
     config.model.d_model = config_dict.placeholder(int)
@@ -56,7 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     # -- objective --------------------------------------------------------------------------
     config.objective = ml_collections.ConfigDict()
     config.objective.name = "span_corruption"  # objectives.registry.OBJECTIVES
-    # T5 family: cross-entropy as T5X computes it.
+    # T5 family: the denoiser's noise (None: the paper's value for that objective, e.g. 0.15
+    # and 3 for span corruption, 0.5 for prefix LM) ...
+    config.objective.noise_density = config_dict.placeholder(float)
+    config.objective.mean_noise_span_length = config_dict.placeholder(float)
+    # ... and cross-entropy as T5X computes it.
     config.objective.z_loss = 1e-4
     config.objective.label_smoothing = 0.0
     config.objective.normalize = "sum"  # losses.NORMALIZE_MODES: "sum" | "token" | "sequence"
@@ -84,8 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.inputs_length = 64  # encoder length (ELECTRA: the sequence length)
     config.data.targets_length = 16  # decoder length (T5 only)
     config.data.pack = True
-    config.data.noise_density = 0.15  # T5 span corruption
-    config.data.mean_noise_span_length = 3.0
     config.data.prefetch = 2  # batches prepared ahead in a background thread
 
     # -- optimizer --------------------------------------------------------------------------
@@ -134,6 +137,29 @@ def base_config() -> ml_collections.ConfigDict:
     config.distributed.initialization_timeout = 300  # seconds
     config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
     return config
+
+
+# Keys that moved or went away: an override of one fails at start-up with its new name.
+RENAMED: dict[str, str] = {
+    "data.noise_density": "objective.noise_density",
+    "data.mean_noise_span_length": "objective.mean_noise_span_length",
+    "model.family": "",  # the objective decides the model family
+}
+
+
+def check_renamed(argv: list[str]) -> None:
+    """Raises ValueError for a ``--config.KEY=...`` override of a key in :data:`RENAMED`."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        if key in RENAMED:
+            new = RENAMED[key]
+            raise ValueError(
+                f"--config.{key} no longer exists: " + (
+                    f"it is --config.{new} now" if new else
+                    "the objective decides the model family (--config.objective.name, "
+                    "objectives/registry.py)"))
 
 
 def parse_arg(arg: str | None, known: tuple[str, ...], file: str) -> str:

@@ -57,7 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config of one variant (default ``tiny``)."""
     variant = common.parse_arg(arg, VARIANTS, "configs/electra.py")
     config = common.base_config()
-    config.model.family = "electra"
     config.objective.name = "electra"
     config.data.pack = False  # ELECTRA examples are built to length; no packing
     config.data.targets_length = 0  # no decoder

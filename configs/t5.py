@@ -29,7 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config of one variant (default ``tiny``)."""
     variant = common.parse_arg(arg, VARIANTS, "configs/t5.py")
     config = common.base_config()
-    config.model.family = "t5"
     config.objective.name = "span_corruption"
 
     if variant == "tiny":

@@ -24,7 +24,7 @@ import numpy as np
 from data import electra_examples
 from data.cache import CorpusTokens, load_sentencepiece, tokenize_corpus
 from objectives import span_corruption
-from objectives.denoising import T5_OBJECTIVES
+from objectives.denoising import SPAN_CORRUPTION, Denoiser
 from objectives.span_corruption import example_rng
 
 # Objectives with a batched form over same-length chunks whose row b equals the per-chunk call.
@@ -103,20 +103,9 @@ class IndexedExamples(abc.ABC):
         """The example of corpus item ``item`` at stream position ``index``."""
 
 
-def resolve_objective(name: str, inputs_length: int, params: Mapping[str, Any],
-                      ) -> tuple[Callable[..., dict], int, int]:
-    """(fn(tokens, rng, vocab_size) -> dict(inputs, targets), raw length, targets length)."""
-    if name not in T5_OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(T5_OBJECTIVES)}")
-    spec = T5_OBJECTIVES[name]
-    merged = spec.params(**params)
-    raw_length, targets_length = spec.lengths(inputs_length, **merged)
-    return functools.partial(_call_objective, spec.fn, merged), raw_length, targets_length
-
-
-def _call_objective(fn: Callable[..., dict], params: Mapping[str, Any], tokens: np.ndarray,
-                    rng: Any, vocab_size: int) -> dict:
-    return fn(tokens, rng, vocab_size, **params)
+def _call_batched(fn: Callable[..., dict], params: Mapping[str, Any], tokens: np.ndarray,
+                  rngs: Any, vocab_size: int) -> dict:
+    return fn(tokens, rngs, vocab_size, **params)
 
 
 class T5Examples(IndexedExamples):
@@ -131,20 +120,19 @@ class T5Examples(IndexedExamples):
 
     kind = "encdec"
 
-    def __init__(self, corpus: CorpusTokens, objective: str, inputs_length: int,
+    def __init__(self, corpus: CorpusTokens, denoiser: Denoiser, inputs_length: int,
                  vocab_size: int, seed: int, **params: Any):
-        self.fn, raw_length, targets_length = resolve_objective(objective, inputs_length, params)
+        self.fn, raw_length, targets_length = denoiser.bind(inputs_length, **params)
         self.corpus, self.raw_length, self.vocab_size = corpus, raw_length, vocab_size
-        self.objective, self.params = objective, params
+        self.denoiser, self.params = denoiser, params
         self.task_lengths = {"inputs": int(inputs_length), "targets": int(targets_length)}
-        spec = T5_OBJECTIVES[objective]
         # fn(tokens [batch, raw_length], rngs, vocab_size): only when every chunk has raw_length.
         self.batch_fn: Callable[..., dict] | None = None
-        if spec.concatenate_documents and spec.fn in _BATCHED_OBJECTIVES:
-            self.batch_fn = functools.partial(_call_objective, _BATCHED_OBJECTIVES[spec.fn],
-                                              spec.params(**params))
+        if denoiser.concatenate_documents and denoiser.fn in _BATCHED_OBJECTIVES:
+            self.batch_fn = functools.partial(_call_batched, _BATCHED_OBJECTIVES[denoiser.fn],
+                                              denoiser.params(**params))
         self._rng_pools: list[list[np.random.Generator]] = []
-        if spec.concatenate_documents:
+        if denoiser.concatenate_documents:
             self.starts = self.ends = None
             num_items = corpus.tokens.size // raw_length
         else:
@@ -174,7 +162,7 @@ class T5Examples(IndexedExamples):
     def chunks(self, items: Sequence[int]) -> np.ndarray:
         """[len(items), raw_length] int32, row b = chunk(items[b]) (concatenated chunking)."""
         if self.starts is not None:
-            raise ValueError(f"objective {self.objective!r} cuts documents into pieces of "
+            raise ValueError(f"objective {self.denoiser.name!r} cuts documents into pieces of "
                              "different lengths; use chunk(item) one at a time")
         # [batch, 1] + [raw_length] -> [batch, raw_length] positions in the flat token cache
         where = np.asarray(items, np.int64)[:, None] * self.raw_length + np.arange(self.raw_length)
@@ -248,18 +236,19 @@ def _electra_table(corpus: CorpusTokens, max_length: int, cls_id: int, sep_id: i
     return table
 
 
-def t5_examples(files: str | Sequence[str], vocab_path: str, *, objective: str = "span_corruption",
+def t5_examples(files: str | Sequence[str], vocab_path: str, *,
+                denoiser: Denoiser = SPAN_CORRUPTION,
                 inputs_length: int = 512, seed: int = 0, cache_dir: str | None = None,
                 fmt: str = "auto", field: str = "text", extra_ids: int = 100,
                 **params: Any) -> T5Examples:
-    """T5 examples of ``files``; ``params`` override the objective's defaults (T5_OBJECTIVES).
+    """T5 examples of ``files``; ``params`` override the denoiser's defaults.
 
     The vocabulary size (sentinels count down from its last id) is seqio's: the sentencepiece
     pieces plus ``extra_ids``.
     """
     corpus = tokenize_corpus(files, vocab_path, fmt=fmt, field=field, cache_dir=cache_dir)
     vocab_size = load_sentencepiece(vocab_path).get_piece_size() + extra_ids
-    return T5Examples(corpus, objective, inputs_length, vocab_size, seed, **params)
+    return T5Examples(corpus, denoiser, inputs_length, vocab_size, seed, **params)
 
 
 def electra_examples_from_files(files: str | Sequence[str], vocab_path: str, *,

@@ -6,13 +6,14 @@ Layers (each a pure function of (seed, position), so the stream is deterministic
 2. data/examples.py: example sources with ``example(index)`` / ``examples(indices)`` (T5 chunks
    + objective, ELECTRA's ExampleBuilder rows), each epoch in its own seeded permutation.
 3. ``InputPipeline`` (here): the global batch's rows are split into ``num_streams`` contiguous
-   blocks (default: one per batch shard of the sharding). Stream k takes epoch positions k,
-   k+K, ..., packs them in seqio's groups (features.py) and fills block k. A group's examples
-   are made together (``examples(indices)``: span corruption runs batched over the group). A
-   process builds only the blocks its devices hold, so the global batch does not depend on the
-   process count. State = per stream (next group start, rows of that group already used);
-   restoring re-packs at most one group per stream (<= group_size objective calls), whatever
-   the position.
+   blocks (default: one per row, so the stream never depends on the mesh). Stream k takes
+   epoch positions k, k+K, ..., packs them in seqio's groups (features.py) and fills block k. A
+   group's examples are made together (``examples(indices)``: span corruption runs batched
+   over the group). A process builds only the blocks its devices hold, so the global batch
+   depends neither on the process count nor on the device count, and a checkpoint taken on
+   one mesh resumes on any other with the same global batch. State = per stream (next group
+   start, rows of that group already used); restoring re-packs at most one group per stream
+   (<= group_size objective calls), whatever the position.
 
 The names of data/cache.py and data/examples.py stay importable from here.
 """
@@ -25,7 +26,7 @@ import json
 import multiprocessing
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -48,7 +49,6 @@ from data.examples import (
     electra_examples_from_files,
     epoch_permutation,
     example_rngs,
-    resolve_objective,
     t5_examples,
 )
 
@@ -56,18 +56,17 @@ __all__ = [
     # Re-exported from data/cache.py and data/examples.py: callers import them from here.
     "CACHE_VERSION", "DEFAULT_CACHE_DIR", "CorpusTokens", "cache_key", "load_cache",
     "load_sentencepiece", "tokenize_corpus", "ElectraExamples", "IndexedExamples", "T5Examples",
-    "electra_examples_from_files", "epoch_permutation", "example_rngs", "resolve_objective",
-    "t5_examples",
+    "electra_examples_from_files", "epoch_permutation", "example_rngs", "t5_examples",
     # This module.
-    "STATE_VERSION", "InputPipeline", "electra_pipeline", "global_state", "make_group",
-    "stream_example_index", "t5_pipeline",
+    "STATE_VERSION", "InputPipeline", "global_state", "make_group", "stream_example_index",
 ]
 
 # ---------------------------------------------------------------------------------------------
 # Streams, state and the global batch.
 # ---------------------------------------------------------------------------------------------
 
-STATE_VERSION = 1
+# 2: one stream per row of the global batch (1 had one per batch shard of the mesh).
+STATE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -131,8 +130,8 @@ class InputPipeline:
         self.pack, self.prefetch = pack, prefetch
         self.lengths = dict(examples.task_lengths)
         self.group_size = features.group_size(self.lengths)
-        owned_rows, default_streams = self._owned_rows()
-        self.num_streams = num_streams or default_streams
+        owned_rows = self._owned_rows()
+        self.num_streams = num_streams or global_batch_size
         if global_batch_size % self.num_streams:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                              f"num_streams={self.num_streams}")
@@ -169,16 +168,13 @@ class InputPipeline:
 
     # -- which rows this process builds ------------------------------------------------------
 
-    def _owned_rows(self) -> tuple[list[int], int]:
+    def _owned_rows(self) -> list[int]:
         b = self.global_batch_size
         if self.sharding is None:
-            return list(range(b)), 1
+            return list(range(b))
         shape = (b, self.lengths["inputs"])
-        batch_slices = {idx[0].indices(b) for idx in self.sharding.devices_indices_map(shape)
-                        .values()}
-        rows = sorted({r for idx in self.sharding.addressable_devices_indices_map(shape).values()
+        return sorted({r for idx in self.sharding.addressable_devices_indices_map(shape).values()
                        for r in range(*idx[0].indices(b))})
-        return rows, len(batch_slices)
 
     # -- the row stream of one stream ----------------------------------------------------------
 
@@ -313,7 +309,13 @@ class InputPipeline:
         return json.loads(json.dumps(self._state))
 
     def _restore(self, state: Mapping[str, Any]) -> None:
-        expected = {"version": STATE_VERSION, "seed": self.examples.seed,
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"the checkpoint's input pipeline state has version {state.get('version')!r}; "
+                f"this pretrax reads version {STATE_VERSION} (the data order changed). It "
+                "cannot resume that run: start a new workdir, with "
+                "--config.train.init_from=OLD_WORKDIR to keep its params")
+        expected = {"seed": self.examples.seed,
                     "global_batch_size": self.global_batch_size,
                     "num_streams": self.num_streams, "pack": self.pack}
         for key, value in expected.items():
@@ -343,38 +345,3 @@ def global_state(pipeline: InputPipeline) -> dict[str, Any]:
     state["streams"] = {str(k): [int(a), int(b)] for k, (a, b) in enumerate(gathered)
                         if a >= 0}
     return state
-
-
-# ---------------------------------------------------------------------------------------------
-# What the trainer calls.
-# ---------------------------------------------------------------------------------------------
-
-
-def t5_pipeline(files: str | Sequence[str], vocab_path: str, *, global_batch_size: int,
-                inputs_length: int = 512, objective: str = "span_corruption", seed: int = 0,
-                sharding: jax.sharding.Sharding | None = None, pack: bool = True,
-                state: Mapping[str, Any] | None = None, prefetch: int = 2,
-                num_workers: int = 0, cache_dir: str | None = None, fmt: str = "auto",
-                field: str = "text", **objective_params: Any) -> InputPipeline:
-    """Batches of EncDecFeatureConverter features for a T5 objective (int32, [batch, length]):
-    encoder_* [global_batch_size, inputs_length], decoder_* [global_batch_size, targets
-    length] (114 for span corruption at 512)."""
-    examples = t5_examples(files, vocab_path, objective=objective, inputs_length=inputs_length,
-                           seed=seed, cache_dir=cache_dir, fmt=fmt, field=field,
-                           **objective_params)
-    return InputPipeline(examples, global_batch_size, sharding=sharding, pack=pack,
-                         state=state, prefetch=prefetch, num_workers=num_workers)
-
-
-def electra_pipeline(files: str | Sequence[str], vocab_path: str, *, global_batch_size: int,
-                     max_length: int = 128, seed: int = 0,
-                     sharding: jax.sharding.Sharding | None = None, pack: bool = False,
-                     state: Mapping[str, Any] | None = None, prefetch: int = 2,
-                     num_workers: int = 0, cache_dir: str | None = None, fmt: str = "auto",
-                     field: str = "text") -> InputPipeline:
-    """Batches of encoder features (int32, [global_batch_size, max_length]). Unpacked by
-    default, as ELECTRA trains: one [CLS] A [SEP] B [SEP] example per row, zero padded."""
-    examples = electra_examples_from_files(files, vocab_path, max_length=max_length, seed=seed,
-                                           cache_dir=cache_dir, fmt=fmt, field=field)
-    return InputPipeline(examples, global_batch_size, sharding=sharding, pack=pack,
-                         state=state, prefetch=prefetch, num_workers=num_workers)

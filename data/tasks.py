@@ -1,7 +1,7 @@
 """Every seqio registration of pretrax, in one place.
 
 Local corpora (text files / globs / directories, JSONL with a text field; train + validation):
-  ``{prefix}_{objective}`` for every objective in ``objectives.denoising.T5_OBJECTIVES`` (the T5
+  ``{prefix}_{objective}`` for every T5 objective of ``objectives/registry.py`` (the T5
   paper's objectives; ``{prefix}_span_corruption`` is the T5 / T5.1.1 one) and
   ``{prefix}_electra`` (``[CLS] A [SEP] B [SEP]`` examples with token types). The bundled corpus
   is registered under the prefix ``pretrax_bundled``.
@@ -37,7 +37,7 @@ import tensorflow as tf
 from data import bundled
 from data import examples as examples_lib
 from data import vocab as vocab_lib
-from objectives.denoising import T5_OBJECTIVES
+from objectives import registry
 
 DEFAULT_SEED = 0
 SPLITS = ("train", "validation")
@@ -101,7 +101,7 @@ def _local_examples(files: tuple[str, ...], vocab_path: str, kind: str, objectiv
     if kind == "electra":
         return examples_lib.electra_examples_from_files(
             files, vocab_path, max_length=inputs_length, seed=seed, fmt=fmt, field=field)
-    return examples_lib.t5_examples(files, vocab_path, objective=objective,
+    return examples_lib.t5_examples(files, vocab_path, denoiser=registry.denoiser(objective),
                                     inputs_length=inputs_length, seed=seed, fmt=fmt, field=field,
                                     **dict(params))
 
@@ -141,7 +141,7 @@ def register_local_corpus_tasks(prefix: str, train_files: str | Sequence[str],
                    "validation": tuple(_as_list(validation_files))}
     vocabulary = vocab_lib.get_vocabulary(vocab_path)
     names = []
-    for objective in (objectives or sorted(T5_OBJECTIVES)):
+    for objective in (objectives or sorted(registry.denoising_names())):
         name = f"{prefix}_{objective}"
         _add(name, ExampleIndexSource(),
              [functools.partial(make_examples, split_files=split_files, vocab_path=vocab_path,
@@ -181,9 +181,9 @@ def concat_and_split(dataset: tf.data.Dataset, sequence_length: Mapping[str, int
     """Concatenate up to 128 tokenized documents (if the objective does, as T5) and split
     them into chunks of the objective's raw length; the last chunk of a group may be shorter."""
     inputs_length = int(sequence_length["inputs"])
-    _, raw_length, _ = examples_lib.resolve_objective(objective, inputs_length, dict(params))
+    _, raw_length, _ = registry.denoiser(objective).bind(inputs_length, **dict(params))
     tokens = dataset.map(lambda x: x["targets"])
-    if T5_OBJECTIVES[objective].concatenate_documents:
+    if registry.denoiser(objective).concatenate_documents:
         tokens = tokens.ragged_batch(CONCAT_DOCUMENTS).map(lambda r: r.flat_values)
 
     def split(flat: tf.Tensor) -> tf.data.Dataset:
@@ -202,8 +202,8 @@ def apply_objective(dataset: tf.data.Dataset, output_features: Mapping[str, seqi
                     params: tuple = ()) -> tf.data.Dataset:
     """The NumPy objective on each chunk, seeded by seqio's per-example seed; EOS removed
     (append_eos_after_trim adds it)."""
-    fn, _, _ = examples_lib.resolve_objective(objective, int(sequence_length["inputs"]),
-                                              dict(params))
+    fn, _, _ = registry.denoiser(objective).bind(int(sequence_length["inputs"]),
+                                                 **dict(params))
     vocab_size = output_features["targets"].vocabulary.vocab_size
 
     def corrupt(tokens: np.ndarray, seed: np.ndarray) -> list[np.ndarray]:
@@ -229,7 +229,7 @@ def register_tfds_text_tasks(prefix: str, tfds_name: str, vocab_path: str, *,
     """``{prefix}_{objective}`` over a TFDS dataset with a text field (no data is read here)."""
     vocabulary = vocab_lib.get_vocabulary(vocab_path)
     names = []
-    for objective in (objectives or sorted(T5_OBJECTIVES)):
+    for objective in (objectives or sorted(registry.denoising_names())):
         name = f"{prefix}_{objective}"
         source = seqio.TfdsDataSource(tfds_name=tfds_name,
                                       splits=list(splits) if splits else None)

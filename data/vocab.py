@@ -22,11 +22,14 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import sentencepiece as spm
-import seqio
 
 from data import bundled, sources
+
+if TYPE_CHECKING:  # seqio imports TensorFlow: only runs that read seqio tasks pay for it
+    import seqio
 
 DEFAULT_SEED = 0
 SPECIAL_SYMBOLS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -143,9 +146,18 @@ def get_vocabulary(
     path: str = bundled.VOCAB_PATH, extra_ids: int = bundled.EXTRA_IDS
 ) -> seqio.SentencePieceVocabulary:
     """The T5-side vocabulary: `<extra_id_0>` is id vocab_size - 1."""
+    import seqio
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def vocabulary_size(path: str = bundled.VOCAB_PATH, extra_ids: int = bundled.EXTRA_IDS) -> int:
+    """Ids the vocabulary uses: sentencepiece pieces + T5's extra ids (what seqio reports)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+    return spm.SentencePieceProcessor(model_file=path).get_piece_size() + extra_ids
 
 
 def special_ids(path: str = bundled.VOCAB_PATH) -> dict[str, int]:

@@ -20,10 +20,10 @@ from typing import Any
 
 import jax
 import ml_collections
+from flax import linen as nn
 from jax.sharding import SingleDeviceSharding
 
 from launch import checkpoint as ckpt_lib
-from launch import inputs as inputs_lib
 from objectives import registry
 
 
@@ -50,11 +50,8 @@ def run_config(run_dir: str) -> ml_collections.ConfigDict:
 def load_run_params(run_dir: str, step: int | None = None) -> tuple[Any, Any]:
     """(model, params on one device) of a run's checkpoint (latest unless ``step``)."""
     config = run_config(run_dir)
-    # The special ids only enter ELECTRA's loss, not the model: the defaults do.
-    objective = registry.build(config, dict(inputs_lib.SYNTHETIC_SPECIAL_IDS))
-    boxed = jax.eval_shape(objective.init_fn, jax.random.key(0))["params"]
-    shapes = jax.tree.map(lambda x: x.value if hasattr(x, "names") else x, boxed,
-                          is_leaf=lambda x: hasattr(x, "names"))
+    objective = registry.build(config)
+    shapes = nn.unbox(jax.eval_shape(objective.init_fn, jax.random.key(0))["params"])
     sharding = SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             shapes)

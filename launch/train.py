@@ -17,7 +17,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and variant, e.g. configs/t5.py:tiny.", lock_config=True)
+    "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -69,23 +70,22 @@ def _print_summary(summary: dict) -> None:
         first, last = evals[0], evals[-1]
         lines = [f"validation loss: step {first['step']} {first['eval/loss']:.4f} -> step "
                  f"{last['step']} {last['eval/loss']:.4f}"]
-        for key in ("eval/cross_entropy", "eval/accuracy", "eval/disc_accuracy",
-                    "eval/disc_precision", "eval/disc_recall", "eval/disc_auc",
-                    "eval/gen_accuracy"):
-            if key in last:
-                lines.append(f"  {key[5:]}: {first[key]:.4f} -> {last[key]:.4f}")
-        if "eval/unigram_entropy" in last:
-            lines.append(f"  unigram baseline (context-free cross-entropy): "
-                         f"{last['eval/unigram_entropy']:.4f}")
-        if "eval/replaced_fraction" in last:
-            rate = last["eval/replaced_fraction"]
-            lines.append(f"  chance: accuracy {1 - rate:.4f} (always 'original'), precision "
-                         f"{rate:.4f} (the share of replaced tokens), auc 0.5")
-        print("\n".join(lines), flush=True)
+        objective = summary["objective"]
+        for key in objective.summary_keys:
+            if f"eval/{key}" in last and f"eval/{key}" in first:
+                lines.append(f"  {key}: {first[f'eval/{key}']:.4f} -> {last[f'eval/{key}']:.4f}")
+        print("\n".join(lines + objective.notes(last)), flush=True)
     if summary.get("showcase"):
         print("\n".join(summary["showcase"]), flush=True)
     print(f"done: step {summary['step']}", flush=True)
 
 
 if __name__ == "__main__":
+    from configs import common
+
+    try:
+        common.check_renamed(sys.argv[1:])
+    except ValueError as error:
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     app.run(lambda argv: sys.exit(main(argv)))

@@ -1,13 +1,12 @@
 """The training loop: one function, :func:`train`, readable top to bottom.
 
-mesh -> rules -> objective -> ``jax.eval_shape(init)`` -> shardings -> jitted sharded init ->
-restore (or warm start) -> jitted train step with explicit in/out shardings and donation ->
-loop (log, evaluate, checkpoint, stop on signal or NaN).
+program (launch/step.py: mesh, rules, objective, shardings, jitted steps) -> restore the latest
+checkpoint, or a sharded init (+ warm start) -> inputs -> loop (log, evaluate, checkpoint, stop
+on signal or NaN).
 
-Randomness: one root key from ``config.seed`` split once into init / train / eval keys; step
-``s`` uses ``fold_in(train_key, s)`` (and microbatch ``i`` a further ``fold_in(., i)``), so
-the step neither takes nor returns a key and a resumed run draws exactly the same numbers.
-``jax_threefry_partitionable`` makes those numbers independent of the sharding.
+The loop knows nothing about what is trained: the objective (objectives/base.py) supplies the
+model, the examples, the metric keys worth showing and the showcase. Randomness is described in
+launch/step.py; ``jax_threefry_partitionable`` makes it independent of the sharding.
 """
 
 from __future__ import annotations
@@ -21,12 +20,12 @@ import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
+from data import bundled
 from launch import checkpoint as ckpt_lib
 from launch import inputs as inputs_lib
 from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
 from launch import step as step_lib
-from objectives import registry
 
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
@@ -116,26 +115,6 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation helpers.
-# ---------------------------------------------------------------------------------------------
-def unigram_entropy(batches: list[dict[str, np.ndarray]]) -> float | None:
-    """Entropy (nats) of the target-token unigram distribution: a context-free baseline loss."""
-    counts: dict[int, float] = {}
-    for batch in batches:
-        if "decoder_target_tokens" not in batch:
-            return None
-        targets = np.asarray(batch["decoder_target_tokens"]).ravel()
-        weights = np.asarray(batch["decoder_loss_weights"]).ravel()
-        for token, weight in zip(targets[weights > 0], weights[weights > 0], strict=True):
-            counts[int(token)] = counts.get(int(token), 0.0) + float(weight)
-    total = sum(counts.values())
-    if not total:
-        return None
-    probs = np.asarray(list(counts.values())) / total
-    return float(-np.sum(probs * np.log(probs)))
-
-
 def _mean_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
 
@@ -147,7 +126,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns a summary.
 
     Summary keys: ``step`` (last step trained), ``start_step``, ``last`` (last logged record),
-    ``eval`` (list of evaluation records), ``stopped_by_signal``.
+    ``eval`` (list of evaluation records), ``stopped_by_signal``, ``objective`` (what was
+    trained, for the caller's report) and, for small single-process runs with
+    ``config.train.showcase``, ``showcase`` (lines).
     """
     # ===== Process group, flags =====
     initialize_distributed(config.distributed)
@@ -158,11 +139,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ===== The program: mesh, objective, optimizer, shardings, jitted steps (no arrays yet) =====
     program = step_lib.build(config)
     objective, mesh = program.objective, program.mesh
-    batch_size = config.data.batch_size
-
-    # ===== Sharded init: every array is created on the devices that hold it =====
-    state = program.init_state()
-    batch_sharding = program.batch_sharding
 
     # ===== Restore the latest checkpoint, or warm-start from init_from =====
     log = print if is_main and config.train.console else (lambda message: None)
@@ -177,6 +153,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         log(f"resumed from {checkpointer.directory}/{start_step}")
     else:
         start_step = 0
+        # Sharded init: every array is created on the devices that hold it.
+        state = program.init_state()
         if config.train.init_from:
             state["params"] = _warm_start(config.train.init_from,
                                           program.abstract_state["params"],
@@ -186,50 +164,46 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         raise ValueError(f"checkpoint step {start_step} holds state.step={int(state['step'])}")
 
     # ===== Input pipelines =====
-    vocab_size = objective.vocab_size
-    train_examples = inputs_lib.make_examples(config, "train")
-    train_inputs = inputs_lib.make_inputs(config, train_examples, objective.batch_spec,
-                                          vocab_size, batch_sharding, data_state)
-    eval_examples = (inputs_lib.make_examples(config, "validation")
-                     if config.train.eval_every > 0 else None)
-    train_step, eval_step, eval_key = program.train_step, program.eval_step, program.eval_key
+    batch_sharding = program.batch_sharding
+    train_inputs = inputs_lib.make_inputs(
+        config, objective, inputs_lib.make_examples(config, objective, "train"),
+        batch_sharding, data_state)
+    eval_examples = (inputs_lib.make_examples(config, objective, "validation")
+                     if config.train.eval_every > 0 or config.train.showcase else None)
 
-    def evaluate(params) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
+    def evaluate(params) -> dict[str, float]:
         # A fresh pipeline each time: every evaluation sees the same validation batches.
-        eval_inputs = inputs_lib.make_inputs(config, eval_examples, objective.batch_spec,
-                                             vocab_size, batch_sharding, prefetch=0,
-                                             split="validation")
+        eval_inputs = inputs_lib.make_inputs(config, objective, eval_examples, batch_sharding,
+                                             prefetch=0, split="validation")
         records, host_batches = [], []
         for i in range(config.train.eval_steps):
             batch = next(eval_inputs)
-            records.append(jax.device_get(eval_step(params, batch, jax.random.fold_in(
-                eval_key, i))))
+            records.append(jax.device_get(program.eval_step(
+                params, batch, jax.random.fold_in(program.eval_key, i))))
             if jax.process_count() == 1:
                 host_batches.append(jax.device_get(batch))
         eval_inputs.close()
-        return _mean_metrics(records), host_batches
+        # Context-free baselines of the same batches (e.g. T5's unigram entropy).
+        return {**_mean_metrics(records), **objective.baselines(host_batches)}
 
     # ===== Metrics, throughput, signals =====
     writer = metrics_lib.MetricsWriter(
         workdir, start_step=start_step, total_steps=config.train.steps, enabled=is_main,
-        tensorboard=config.train.tensorboard, console=config.train.console)
+        tensorboard=config.train.tensorboard, console=config.train.console,
+        progress_keys=objective.summary_keys[:2])
     peak = metrics_lib.peak_flops(config.model.dtype, config.train.peak_flops)
     throughput = metrics_lib.Throughput(objective.tokens_per_step, objective.flops_per_step,
                                         peak)
     stop = StopSignal()
     summary: dict[str, Any] = {"start_step": start_step, "eval": [], "last": None,
-                               "stopped_by_signal": False}
-    log(f"{config.model.family} {config.model.preset} / {objective.name}: "
+                               "stopped_by_signal": False, "objective": objective}
+    log(f"{objective.name} on {config.model.preset}: "
         f"{sum(x.size for x in jax.tree.leaves(state['params'])):,} params, mesh "
-        f"{dict(mesh.shape)}, rules {config.sharding!r}, batch {batch_size}, "
+        f"{dict(mesh.shape)}, rules {config.sharding!r}, batch {config.data.batch_size}, "
         f"{objective.flops_per_step / 1e9:.2f} GFLOP/step, peak {peak / 1e9:.0f} GFLOP/s")
 
     def run_eval(step: int) -> None:
-        record, host_batches = evaluate(state["params"])
-        baseline = unigram_entropy(host_batches)
-        if baseline is not None:
-            record["unigram_entropy"] = baseline
-        record = writer.write(step, {f"eval/{k}": v for k, v in record.items()})
+        record = writer.write(step, {f"eval/{k}": v for k, v in evaluate(state["params"]).items()})
         summary["eval"].append(record)
         log(f"eval @ step {step}: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in record.items()
                                                  if k != "step"))
@@ -246,7 +220,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             if config.train.eval_every > 0 and start_step == 0:
                 run_eval(0)
             while step < config.train.steps:
-                state, metrics = train_step(state, next(train_inputs))
+                state, metrics = program.train_step(state, next(train_inputs))
                 step += 1
                 loss = float(metrics["loss"])  # waits for the step; checks every step
                 if step == start_step + 1:
@@ -284,38 +258,22 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         writer.close()
     summary["step"] = step
     if config.train.showcase and step == config.train.steps and is_main:
-        summary["showcase"] = _showcase(config, objective, state["params"], program.init_key,
-                                        eval_examples, objective.special_ids)
+        summary["showcase"] = _showcase(config, program, state["params"], eval_examples)
     return summary
 
 
-def _showcase(config: Any, objective: registry.Objective, params: Any, init_key: jax.Array,
-              examples: Any, special_ids: dict[str, int] | None) -> list[str]:
-    """Step 0 vs trained on one held-out example (launch/showcase.py); [] where it cannot run."""
-    examples = examples or inputs_lib.make_examples(config, "validation")
-    if jax.process_count() > 1 or not hasattr(examples, "example"):
-        return []  # multi-host, synthetic data, or a streaming seqio task
+def _showcase(config: Any, program: step_lib.Program, params: Any, examples: Any) -> list[str]:
+    """Step 0 vs trained on one held-out example (objectives/showcase.py); [] where it cannot
+    run: no showcase for this objective, multi-host, synthetic data or a streaming seqio task."""
+    objective = program.objective
+    if (objective.showcase is None or jax.process_count() > 1
+            or not hasattr(examples, "example")):
+        return []
     from flax import linen as nn
 
-    from data import vocab as vocab_lib
-    from launch import showcase
-
-    example = examples.example(0)
-    params = jax.device_get(params)
-    init_params = jax.device_get(nn.unbox(jax.jit(objective.init_fn)(init_key)["params"]))
-    path = inputs_lib.vocab_path(config)
-    if config.model.family == "t5":
-        return showcase.t5_span_filling(
-            objective.model, params, init_params, example, vocab_lib.get_vocabulary(path),
-            config.data.inputs_length, config.data.targets_length)
-    if config.objective.name not in ("electra", "electra_15"):
-        return []
-    import sentencepiece as spm
-
-    cfg = registry.rtd_config(config, special_ids, objective.model.config.discriminator.vocab_size)
-    return showcase.electra_detection(
-        objective.model, params, init_params, example, spm.SentencePieceProcessor(model_file=path),
-        cfg, config.data.inputs_length, jax.random.key(config.seed + 1))
+    init_params = jax.device_get(nn.unbox(jax.jit(objective.init_fn)(program.init_key)["params"]))
+    return objective.showcase(jax.device_get(params), init_params, examples.example(0),
+                              bundled.vocab_path(config.data.vocab_path))
 
 
 def _warm_start(path: str, abstract_params: Any, scan_layers: bool = False) -> Any:

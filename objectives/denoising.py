@@ -279,8 +279,10 @@ _COMMON_PARAMS = ("eos_id",)
 
 
 @dataclasses.dataclass(frozen=True)
-class ObjectiveSpec:
-    """One named objective: its function, default parameters and length bookkeeping.
+class Denoiser:
+    """One of the paper's host-side corruption recipes: its function, default parameters and
+    length bookkeeping. (The objective registry, ``objectives/registry.py``, names them and
+    pairs each with the encoder-decoder model and loss.)
 
     fixed_length: a full raw chunk always gives exactly ``lengths(...)`` (inputs_length, targets
       length); otherwise inputs may be shorter and targets vary, up to the reported length for
@@ -313,30 +315,36 @@ class ObjectiveSpec:
                  **params: Any) -> dict[str, np.ndarray]:
         return self.fn(tokens, rng, vocab_size, **self.params(**params))
 
-
-T5_OBJECTIVES: dict[str, ObjectiveSpec] = {
-    spec.name: spec for spec in (
-        ObjectiveSpec("span_corruption", sc.span_corruption,
-                      {"noise_density": 0.15, "mean_noise_span_length": 3.0,
-                       "max_sentinels": sc.NUM_SENTINELS},
-                      _lengths_span, True, True, "Table 7; the final T5 objective"),
-        ObjectiveSpec("iid_replace_spans", iid_replace_spans,
-                      {"noise_density": 0.15, "max_sentinels": None},
-                      _lengths_iid(True), False, True, "Tables 5, 6; the paper's baseline"),
-        ObjectiveSpec("iid_drop_tokens", iid_drop_tokens, {"noise_density": 0.15},
-                      _lengths_iid(False), False, True, "Table 5"),
-        ObjectiveSpec("bert", bert, {"noise_density": 0.15, "random_prob": 0.1},
-                      _lengths_full_text, True, True, "Tables 4, 5"),
-        ObjectiveSpec("mass", mass, {"noise_density": 0.15},
-                      _lengths_full_text, True, True, "Table 5"),
-        ObjectiveSpec("deshuffle", deshuffle, {}, _lengths_full_text, True, False, "Table 4"),
-        ObjectiveSpec("prefix_lm", prefix_lm, {"noise_density": 0.5},
-                      _lengths_prefix_lm, False, False, "Table 4"),
-    )
-}
+    def bind(self, inputs_length: int, **params: Any
+             ) -> tuple[Callable[..., dict[str, np.ndarray]], int, int]:
+        """(fn(tokens, rng, vocab_size) with ``params`` bound, raw length, targets length)."""
+        merged = self.params(**params)
+        raw_length, targets_length = self.lengths_fn(inputs_length, **merged)
+        return functools.partial(_call, self.fn, merged), raw_length, targets_length
 
 
-def get_objective(name: str) -> ObjectiveSpec:
-    if name not in T5_OBJECTIVES:
-        raise ValueError(f"unknown objective name={name!r}; known: {sorted(T5_OBJECTIVES)}")
-    return T5_OBJECTIVES[name]
+def _call(fn: Callable[..., dict], params: Mapping[str, Any], tokens: np.ndarray, rng: Any,
+          vocab_size: int) -> dict[str, np.ndarray]:
+    return fn(tokens, rng, vocab_size, **params)
+
+
+SPAN_CORRUPTION = Denoiser("span_corruption", sc.span_corruption,
+                           {"noise_density": 0.15, "mean_noise_span_length": 3.0,
+                            "max_sentinels": sc.NUM_SENTINELS},
+                           _lengths_span, True, True, "Table 7; the final T5 objective")
+# The paper's recipes; objectives/registry.py is the table that names them for configs.
+DENOISERS: tuple[Denoiser, ...] = (
+    SPAN_CORRUPTION,
+    Denoiser("iid_replace_spans", iid_replace_spans,
+             {"noise_density": 0.15, "max_sentinels": None},
+             _lengths_iid(True), False, True, "Tables 5, 6; the paper's baseline"),
+    Denoiser("iid_drop_tokens", iid_drop_tokens, {"noise_density": 0.15},
+             _lengths_iid(False), False, True, "Table 5"),
+    Denoiser("bert", bert, {"noise_density": 0.15, "random_prob": 0.1},
+             _lengths_full_text, True, True, "Tables 4, 5"),
+    Denoiser("mass", mass, {"noise_density": 0.15},
+             _lengths_full_text, True, True, "Table 5"),
+    Denoiser("deshuffle", deshuffle, {}, _lengths_full_text, True, False, "Table 4"),
+    Denoiser("prefix_lm", prefix_lm, {"noise_density": 0.5},
+             _lengths_prefix_lm, False, False, "Table 4"),
+)

@@ -1,12 +1,13 @@
 """ELECTRA replaced token detection and the paper's baselines/ablations (Clark et al. 2020).
 
-Every objective has the signature
+Every loss has the signature
 
-    objective(key, batch, generator_fn, discriminator_fn, cfg) -> (loss, metrics)
+    loss(key, batch, generator_fn, discriminator_fn, cfg) -> (loss, metrics)
 
 and reaches the networks only through two callables, so it does not depend on the model module
 (the caller closes over params, token types, segment ids, dropout keys...). ``batch`` needs
-``encoder_input_tokens`` [B, L] (0 = padding). The callables' contracts, per objective:
+``encoder_input_tokens`` [B, L] (0 = padding). The callables' contracts, per loss (named
+by the objective that uses it, objectives/registry.py):
 
 - "electra", "electra_15" (Table 5: ELECTRA 15% scores the discriminator only at chosen slots):
   generator_fn(masked [B,L], positions [B,N]) -> [B,N,V] generator MLM logits;
@@ -35,7 +36,8 @@ import jax.numpy as jnp
 from objectives import losses, masking
 
 Metrics = dict[str, jax.Array]
-ObjectiveFn = Callable[..., tuple[jax.Array, Metrics]]
+# loss(key, batch, generator_fn, second_network_fn, cfg) -> (loss, metrics)
+LossFn = Callable[..., tuple[jax.Array, Metrics]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,12 +274,3 @@ def all_tokens_mlm_loss(key: jax.Array, batch: Mapping[str, jax.Array], generato
         replaced_fraction=losses.safe_divide(jnp.sum(labels * real), jnp.sum(real)),
     )
     return loss, metrics
-
-
-ELECTRA_OBJECTIVES: dict[str, ObjectiveFn] = {
-    "electra": rtd_loss,
-    "electra_15": electra_15_loss,
-    "mlm": mlm_loss,
-    "replace_mlm": replace_mlm_loss,
-    "all_tokens_mlm": all_tokens_mlm_loss,
-}

@@ -11,7 +11,6 @@ import pytest
 from configs import common
 from configs import electra as electra_configs
 from configs import t5 as t5_configs
-from launch import inputs as inputs_lib
 from launch import mesh as mesh_lib
 from launch import optim
 from modeling import electra, t5
@@ -36,7 +35,7 @@ def test_variant_builds_its_model_abstractly(family, variant):
     for section in base.keys():
         if hasattr(base[section], "keys"):
             assert set(config[section].keys()) == set(base[section].keys()), section
-    objective = registry.build(config, dict(inputs_lib.SYNTHETIC_SPECIAL_IDS))
+    objective = registry.build(config)
     abstract = jax.eval_shape(objective.init_fn, jax.random.key(0))["params"]
     count = sum(x.value.size if isinstance(x, nn.Partitioned) else x.size
                 for x in jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(
@@ -76,11 +75,9 @@ def test_published_recipes():
 
 
 def test_tiny_t5_targets_length_matches_span_corruption():
-    from objectives import denoising
-
     for variant in ("tiny", "quickstart"):
         c = t5_configs.get_config(variant)
-        raw, targets = denoising.get_objective("span_corruption").lengths(c.data.inputs_length)
+        raw, targets = registry.denoiser("span_corruption").lengths(c.data.inputs_length)
         assert targets == c.data.targets_length, variant
 
 
@@ -89,11 +86,20 @@ def test_unknown_variant_is_a_clear_error():
         t5_configs.get_config("smal")
 
 
-def test_unknown_objective_for_family():
+def test_objective_of_the_other_family_names_the_preset():
     c = t5_configs.get_config("tiny")
     c.objective.name = "electra"
-    with pytest.raises(ValueError, match="not an objective of model family 't5'"):
+    c.model.preset = "t5_1_1_small"
+    with pytest.raises(ValueError, match="'t5_1_1_small' is not an ELECTRA preset"):
         registry.build(c)
+
+
+def test_renamed_keys_fail_with_their_new_name():
+    common.check_renamed(["--config.objective.noise_density=0.3"])  # the new key is fine
+    with pytest.raises(ValueError, match="it is --config.objective.noise_density now"):
+        common.check_renamed(["--config.data.noise_density=0.3"])
+    with pytest.raises(ValueError, match="the objective decides the model family"):
+        common.check_renamed(["--config.model.family=t5"])
 
 
 def test_locked_config_rejects_a_typo():

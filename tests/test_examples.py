@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data import bundled, cache, examples, features, pipeline
-from objectives import span_corruption
+from objectives import registry, span_corruption
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,8 @@ def cache_dir(tmp_path_factory):
 
 def _make(cache_dir, objective, inputs_length, seed=5):
     return examples.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                objective=objective, inputs_length=inputs_length, seed=seed,
+                                denoiser=registry.denoiser(objective),
+                                inputs_length=inputs_length, seed=seed,
                                 cache_dir=cache_dir)
 
 
@@ -103,7 +104,7 @@ def test_pipeline_reexports_the_moved_names():
     for module, names in ((cache, ("CorpusTokens", "tokenize_corpus", "load_cache", "cache_key")),
                           (examples, ("IndexedExamples", "T5Examples", "ElectraExamples",
                                       "t5_examples", "electra_examples_from_files",
-                                      "epoch_permutation", "resolve_objective"))):
+                                      "epoch_permutation"))):
         for name in names:
             assert getattr(pipeline, name) is getattr(module, name), name
 

@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from data import bundled, cache, examples, features, pipeline
 from launch import mesh as mesh_lib
 from modeling import axes
+from objectives import registry
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,8 @@ def cache_dir(tmp_path_factory):
 def t5(cache_dir):
     def make(seed=0, inputs_length=32, objective="span_corruption"):
         return examples.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                    objective=objective, inputs_length=inputs_length, seed=seed,
+                                    denoiser=registry.denoiser(objective),
+                                    inputs_length=inputs_length, seed=seed,
                                     cache_dir=cache_dir)
     return make
 
@@ -112,24 +114,27 @@ def test_resume_continues_bitwise_without_replay(t5, cache_dir, kind):
 
     source = make_source()
     first = pipeline.InputPipeline(source, 8, prefetch=0)
-    _take(first, 30)
+    _take(first, 60)
     state = first.state()
     consumed = source.calls
     expected = _take(first, 3)
     continuing = source.calls - consumed  # what the uninterrupted run spends on these batches
-    assert state["batches"] == 30 and state["streams"]["0"][1] > 0  # stopped mid-group
+    assert state["batches"] == 60
+    assert any(rows_done > 0 for _, rows_done in state["streams"].values())  # mid-group
     fresh_source = make_source()
     resumed = pipeline.InputPipeline(fresh_source, 8, state=state, prefetch=0)
     assert fresh_source.calls == 0  # constructing from a state reads nothing
     got = _take(resumed, 3)
     _assert_batches_equal(got, expected)
-    # Restoring re-makes at most the one open packing group, however far the stream had gone.
+    # Restoring re-makes at most the one open packing group of each stream (one per row),
+    # however far the streams had gone.
     group = features.group_size(source.task_lengths)
-    assert fresh_source.calls <= continuing + group
-    assert consumed >= 5 * group  # a replay would have cost this much
+    assert resumed.num_streams == 8
+    assert fresh_source.calls <= continuing + resumed.num_streams * group
+    assert consumed >= 2 * resumed.num_streams * group  # a replay would have cost this much
     # With prefetch the thread runs ahead, but state() still describes what was handed out.
     ahead = pipeline.InputPipeline(make_source(), 8, prefetch=3)
-    _take(ahead, 30)
+    _take(ahead, 60)
     assert ahead.state() == state
     ahead.close()
     if kind == "short_packed":  # rows that hold several examples carry across the restore
@@ -147,11 +152,9 @@ def test_state_rejects_a_different_pipeline(t5):
 def test_sharded_global_batch_equals_host_batch(t5, cache_dir):
     mesh = mesh_lib.make_mesh(data=2, fsdp=4, model=1)
     sharding = NamedSharding(mesh, PartitionSpec((axes.DATA, axes.FSDP)))
-    sharded = pipeline.t5_pipeline(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                   global_batch_size=16, inputs_length=32, seed=4,
-                                   sharding=sharding, prefetch=1, cache_dir=cache_dir)
-    assert sharded.num_streams == 8
-    host = pipeline.InputPipeline(t5(seed=4), 16, num_streams=8, prefetch=0)
+    sharded = pipeline.InputPipeline(t5(seed=4), 16, sharding=sharding, prefetch=1)
+    assert sharded.num_streams == 16  # one per row, whatever the mesh
+    host = pipeline.InputPipeline(t5(seed=4), 16, prefetch=0)
     for _ in range(2):
         batch, want = next(sharded), next(host)
         for key, array in batch.items():
@@ -208,3 +211,35 @@ def test_worker_processes_make_the_same_batches(t5):
         state = p.state()
     _assert_batches_equal(got, want)
     assert state["batches"] == 5
+
+
+@pytest.mark.parametrize("kind", ["t5", "electra"])
+def test_position_carries_over_to_another_mesh(t5, electra, kind):
+    """Batches 1-2 on a (2, 4) mesh, then the state resumes on 4 devices and on the host:
+    batches 3-4 are the very batches an uninterrupted pipeline gives."""
+    examples = t5(seed=7) if kind == "t5" else electra
+    pack = kind == "t5"
+
+    def sharding(data, fsdp):
+        mesh = mesh_lib.make_mesh(data=data, fsdp=fsdp, model=1)
+        return NamedSharding(mesh, PartitionSpec((axes.DATA, axes.FSDP)))
+
+    want = _take(pipeline.InputPipeline(examples, 8, pack=pack, prefetch=0), 4)
+    first = pipeline.InputPipeline(examples, 8, pack=pack, sharding=sharding(2, 4), prefetch=0)
+    _take(first, 2)
+    state = first.state()
+    for target in (sharding(1, 4), None):
+        resumed = pipeline.InputPipeline(examples, 8, pack=pack, sharding=target, state=state,
+                                         prefetch=0)
+        got = _take(resumed, 2)
+        for g, w in zip(got, want[2:], strict=True):
+            for key in w:
+                np.testing.assert_array_equal(np.asarray(g[key]), w[key], err_msg=key)
+
+
+def test_old_state_version_is_refused_with_a_sentence(t5):
+    state = pipeline.InputPipeline(t5(seed=0), 8, prefetch=0).state()
+    state["version"] = 1
+    with pytest.raises(ValueError, match="has version 1; this pretrax reads version 2 .* "
+                                         "start a new workdir"):
+        pipeline.InputPipeline(t5(seed=0), 8, state=state, prefetch=0)

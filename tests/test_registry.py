@@ -13,10 +13,12 @@ import pytest
 
 from configs import electra as electra_configs
 from configs import t5 as t5_configs
-from launch import inputs as inputs_lib
-from objectives import registry
+from data import vocab as vocab_lib
+from objectives import electra_family, registry, t5_family
 
-SPECIAL = dict(inputs_lib.SYNTHETIC_SPECIAL_IDS)
+SPECIAL = vocab_lib.special_ids()
+ELECTRA_NAMES = [n for n, e in registry.OBJECTIVES.items() if e.family == "electra"]
+T5_NAMES = [n for n, e in registry.OBJECTIVES.items() if e.family == "t5"]
 
 
 def _electra_batch(config, seed=0):
@@ -36,7 +38,7 @@ def _electra_batch(config, seed=0):
 def _grads(name):
     config = electra_configs.get_config("tiny")
     config.objective.name = name
-    objective = registry.build(config, SPECIAL)
+    objective = registry.build(config)
     params = nn.unbox(objective.init_fn(jax.random.key(0))["params"])
     batch = _electra_batch(config)
 
@@ -52,7 +54,7 @@ def optax_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-@pytest.mark.parametrize("name", registry.ELECTRA_NAMES)
+@pytest.mark.parametrize("name", ELECTRA_NAMES)
 def test_electra_objective_trains_the_right_parameters(name):
     objective, value, metrics, norms = _grads(name)
     assert np.isfinite(value) and value > 0
@@ -80,20 +82,20 @@ def test_electra_objective_trains_the_right_parameters(name):
 
 
 def test_main_mlm_heads_only_where_needed():
-    for name in registry.ELECTRA_NAMES:
+    for name in ELECTRA_NAMES:
         config = electra_configs.get_config("tiny")
         config.objective.name = name
-        cfg = registry.build(config, SPECIAL).model.config
+        cfg = registry.build(config).model.config
         assert cfg.main_mlm_head == (name in ("replace_mlm", "all_tokens_mlm")), name
 
 
 def test_electra_flops_grow_with_the_main_mlm_head():
     """Replace MLM adds the head at N slots, All-Tokens MLM at all L tokens (V-wide matmuls)."""
     flops = {}
-    for name in registry.ELECTRA_NAMES:
+    for name in ELECTRA_NAMES:
         config = electra_configs.get_config("tiny")
         config.objective.name = name
-        flops[name] = registry.build(config, SPECIAL).flops_per_step
+        flops[name] = registry.build(config).flops_per_step
     assert flops["electra"] == flops["electra_15"]
     assert flops["electra"] < flops["replace_mlm"] < flops["all_tokens_mlm"]
     # The head's cost by hand: 3 x 2 x tokens x (h x e + e x V), tiny = h 32, e 16, V 8192.
@@ -109,17 +111,18 @@ def test_model_overrides_reach_the_electra_config():
     config = electra_configs.get_config("tiny")
     config.model.generator_fraction = 1.0
     config.model.embedding_sharing = "untied"
-    cfg = registry.build(config, SPECIAL).model.config
+    cfg = registry.build(config).model.config
     assert cfg.generator_fraction == 1.0 and cfg.embedding_sharing == "untied"
     assert cfg.generator_config().d_model == cfg.discriminator.d_model
 
 
 def test_t5_objectives_share_one_model_and_loss():
-    for name in registry.T5_NAMES:
+    for name in T5_NAMES:
         config = t5_configs.get_config("tiny")
         config.objective.name = name
         objective = registry.build(config)
-        assert objective.family == "t5" and objective.reduction == "sum"
+        assert objective.reduction == "sum" and objective.example_kind == "encdec"
+        assert registry.denoiser(name).name == name
 
 
 def test_electra_only_keys_are_rejected_for_t5():
@@ -134,9 +137,34 @@ def test_flops_match_performance_md_reference_values():
     step; ELECTRA-Small discriminator alone at B32 x 128 = 254 GFLOP."""
     from modeling import electra, t5
 
-    t5_small = registry.t5_flops(t5.get_t5_config("t5_1_1_small"), 8, 512, 114)
+    t5_small = t5_family.flops(t5.get_t5_config("t5_1_1_small"), 8, 512, 114)
     assert t5_small / 1e9 == pytest.approx(850, abs=0.5)
     disc = electra.PRESETS["electra_small"].discriminator
-    forward = (registry.electra_encoder_flops(disc, 32, 128)
+    forward = (electra_family.encoder_flops(disc, 32, 128)
                + 2 * 32 * 128 * (disc.d_model**2 + disc.d_model))  # + the discriminator head
     assert 3 * forward / 1e9 == pytest.approx(254, abs=0.5)
+
+
+def test_unknown_names_and_wrong_presets_are_clear():
+    config = t5_configs.get_config("tiny")
+    config.objective.name = "span_corruptoin"
+    with pytest.raises(ValueError, match="'span_corruptoin' is not an objective; expected one of"):
+        registry.build(config)
+    config = t5_configs.get_config("tiny")
+    config.objective.name = "electra"
+    config.model.preset = "t5_1_1_small"
+    with pytest.raises(ValueError, match="not an ELECTRA preset"):
+        registry.build(config)
+    with pytest.raises(ValueError, match="has no denoiser"):
+        registry.denoiser("electra")
+
+
+def test_denoiser_settings_live_in_config_objective():
+    """A noise setting reaches the examples through config.objective (None = paper default)."""
+    config = t5_configs.get_config("tiny")
+    assert t5_family.denoiser_params(config) == {}
+    config.objective.noise_density = 0.5
+    assert t5_family.denoiser_params(config) == {"noise_density": 0.5}
+    config.objective.name = "deshuffle"  # takes no noise density: refused, naming it
+    with pytest.raises(ValueError, match="has no parameter 'noise_density'"):
+        registry.build(config)

@@ -305,6 +305,9 @@ def test_corrupt_by_hand():
 
 
 DISALLOW_CFG = rtd.RTDConfig(mask_id=MASK, cls_id=CLS, sep_id=SEP, disallow_correct=True)
+# The objectives of Table 5 by the loss each uses (objectives/registry.py names them).
+LOSSES = {"electra": rtd.rtd_loss, "electra_15": rtd.electra_15_loss, "mlm": rtd.mlm_loss,
+          "replace_mlm": rtd.replace_mlm_loss, "all_tokens_mlm": rtd.all_tokens_mlm_loss}
 
 
 @functools.cache
@@ -318,7 +321,7 @@ def _jitted_runs() -> dict:
 
     def run_all(params, key):
         out = {}
-        runs = [(name, objective, CFG) for name, objective in rtd.ELECTRA_OBJECTIVES.items()]
+        runs = [(name, LOSSES[name], CFG) for name in LOSSES]
         runs.append(("electra_disallow", rtd.rtd_loss, DISALLOW_CFG))
         for name, objective, cfg in runs:
             seen = {}
@@ -338,10 +341,7 @@ def _disc_logits(params, corrupted):
             + np.asarray(params["disc_pos"], np.float64)[None])
 
 
-def test_registry():
-    assert set(rtd.ELECTRA_OBJECTIVES) == {"electra", "electra_15", "mlm", "replace_mlm",
-                                           "all_tokens_mlm"}
-    assert rtd.ELECTRA_OBJECTIVES["electra"] is rtd.rtd_loss
+def test_every_loss_runs_jitted():
     for name, (loss, metrics, _) in _jitted_runs().items():
         assert np.isfinite(loss) and float(metrics["loss"]) == float(loss), name
 

@@ -17,6 +17,7 @@ from launch import inputs as inputs_lib
 from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
 from launch import trainer
+from objectives import registry
 
 STREAM_TASK = "pretrax_test_stream_span_corruption"
 
@@ -35,8 +36,9 @@ def _host(batches):
 
 def _take(config, n, state=None, split="train"):
     sharding = mesh_lib.batch_sharding(mesh_lib.make_mesh(1, -1, 1))
-    examples = inputs_lib.make_examples(config, split)
-    it = inputs_lib.make_inputs(config, examples, {}, config.model.vocab_size, sharding, state)
+    objective = registry.build(config)
+    examples = inputs_lib.make_examples(config, objective, split)
+    it = inputs_lib.make_inputs(config, objective, examples, sharding, state)
     batches = _host([next(it) for _ in range(n)])
     state = it.state()
     it.close()
@@ -80,7 +82,9 @@ def test_streaming_task_batches_and_exact_resume(stream_task):
     assert not np.array_equal(batches[0]["encoder_input_tokens"],
                               batches[1]["encoder_input_tokens"])
     _, state = _take(config, 1)
-    assert state == {"source": "seqio", "task": stream_task, "batches": 1}
+    assert state == {"source": "seqio", "task": stream_task, "processes": 1, "batches": 1}
+    with pytest.raises(ValueError, match="processes=2, this run processes=1"):
+        _take(config, 1, state={**state, "processes": 2})
     resumed, _ = _take(config, 2, state=state)
     for ours, theirs in zip(resumed, batches[1:], strict=True):
         for key in ours:
@@ -102,12 +106,16 @@ def test_streaming_task_trains(stream_task, tmp_path):
     assert summary["eval"][-1]["eval/target_tokens"] > 0
 
 
+def _examples(config):
+    return inputs_lib.make_examples(config, registry.build(config), "train")
+
+
 def test_seqio_source_errors():
     with pytest.raises(ValueError, match="needs config.data.task"):
-        inputs_lib.make_examples(_config(source="seqio"), "train")
+        _examples(_config(source="seqio"))
     with pytest.raises(ValueError, match="'no_such_task' is not a registered seqio task"):
-        inputs_lib.make_examples(_config(source="seqio", task="no_such_task"), "train")
+        _examples(_config(source="seqio", task="no_such_task"))
     config = _config(source="seqio", task="pretrax_bundled_span_corruption")
     config.model.vocab_size = 512
     with pytest.raises(ValueError, match="vocab_size=512"):
-        inputs_lib.make_examples(config, "train")
+        _examples(config)

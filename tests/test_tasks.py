@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from data import bundled, electra_examples, features, tasks
 from data import examples as examples_lib
-from objectives import span_corruption
+from objectives import registry, span_corruption
 
 EOS = 1
 
@@ -137,7 +137,8 @@ def test_electra_token_types_follow_their_tokens_when_packed():
 def test_seqio_task_equals_fast_path(corpus_tasks, cache_dir, objective, inputs_length):
     task = seqio.get_mixture_or_task(f"pretrax_test_corpus_{objective}")
     fast = examples_lib.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                    objective=objective, inputs_length=inputs_length, seed=5,
+                                    denoiser=registry.denoiser(objective),
+                                    inputs_length=inputs_length, seed=5,
                                     cache_dir=cache_dir)
     ds = task.get_dataset(dict(fast.task_lengths), split="train", shuffle=True, seed=5)
     got = list(ds.take(12).as_numpy_iterator())

@@ -19,7 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
 
+from data import bundled
 from modeling import decoding, electra
 from objectives import losses, rtd
 
@@ -30,16 +32,27 @@ def _pad(row: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def _decode(vocab: Any, ids: np.ndarray) -> str:
+def _decode(sp: spm.SentencePieceProcessor, ids: np.ndarray) -> str:
+    """Text of ``ids`` up to EOS; ids past the pieces are T5's sentinels, ``<extra_id_N>``
+    counting down from the last id (seqio's convention, without loading seqio)."""
     ids = [int(i) for i in ids]
     if 1 in ids:  # EOS ends the text
         ids = ids[:ids.index(1)]
-    return vocab.decode([i for i in ids if i != 0])
+    pieces, run = [], []
+    last = sp.get_piece_size() + bundled.EXTRA_IDS - 1
+    for i in ids:
+        if i >= sp.get_piece_size():
+            pieces += [sp.decode(run), f"<extra_id_{last - i}>"]
+            run = []
+        elif i != 0:
+            run.append(i)
+    return "".join(pieces + [sp.decode(run)])
 
 
 def t5_span_filling(model: Any, params: Any, init_params: Any, example: dict[str, np.ndarray],
-                    vocab: Any, inputs_length: int, targets_length: int) -> list[str]:
+                    vocab_path: str, inputs_length: int, targets_length: int) -> list[str]:
     """Lines comparing step 0 with the trained model on one held-out span-corruption example."""
+    vocab = spm.SentencePieceProcessor(model_file=vocab_path)
     enc = jnp.asarray(_pad(example["inputs"], inputs_length))
     targets = _pad(example["targets"], targets_length)
     dec_in = jnp.asarray(np.pad(targets[:, :-1], ((0, 0), (1, 0))))  # PAD = 0 starts
@@ -65,9 +78,10 @@ def t5_span_filling(model: Any, params: Any, init_params: Any, example: dict[str
 
 
 def electra_detection(model: Any, params: Any, init_params: Any,
-                      example: dict[str, np.ndarray], vocab: Any, cfg: rtd.RTDConfig,
+                      example: dict[str, np.ndarray], vocab_path: str, cfg: rtd.RTDConfig,
                       length: int, key: jax.Array) -> list[str]:
     """Lines showing which replaced tokens the step-0 and trained discriminators catch."""
+    vocab = spm.SentencePieceProcessor(model_file=vocab_path)
     tokens = jnp.asarray(_pad(example["inputs"], length))
     types = jnp.asarray(_pad(example["token_type_ids"], length))
     batch = {"encoder_input_tokens": tokens}
