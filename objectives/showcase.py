@@ -33,20 +33,22 @@ def _pad(row: np.ndarray, length: int) -> np.ndarray:
 
 
 def _decode(sp: spm.SentencePieceProcessor, ids: np.ndarray) -> str:
-    """Text of ``ids`` up to EOS; ids past the pieces are T5's sentinels, ``<extra_id_N>``
-    counting down from the last id (seqio's convention, without loading seqio)."""
+    """Text of ``ids`` up to EOS, piece by piece (so a span's leading space shows); ids past the
+    pieces are T5's sentinels, ``<extra_id_N>`` counting down from the last id (seqio's
+    convention, without loading seqio)."""
     ids = [int(i) for i in ids]
     if 1 in ids:  # EOS ends the text
         ids = ids[:ids.index(1)]
-    pieces, run = [], []
     last = sp.get_piece_size() + bundled.EXTRA_IDS - 1
+    pieces = []
     for i in ids:
         if i >= sp.get_piece_size():
-            pieces += [sp.decode(run), f"<extra_id_{last - i}>"]
-            run = []
+            pieces.append(f"<extra_id_{last - i}>")
+        elif i == sp.unk_id():
+            pieces.append(" \u2047 ")  # what sentencepiece's decode shows for unknown text
         elif i != 0:
-            run.append(i)
-    return "".join(pieces + [sp.decode(run)])
+            pieces.append(sp.id_to_piece(i).replace("\u2581", " "))  # sentencepiece's space
+    return "".join(pieces).strip()
 
 
 def t5_span_filling(model: Any, params: Any, init_params: Any, example: dict[str, np.ndarray],
