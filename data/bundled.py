@@ -29,7 +29,3 @@ EXTRA_IDS: int = 100
 # Package versions, documents per source and file, and the sha256 of each file's text.
 MANIFEST_PATH: str = os.path.join(CORPUS_DIR, "MANIFEST.json")
 
-
-def vocab_path(configured: str = "") -> str:
-    """``config.data.vocab_path``, or the bundled vocabulary when it is empty."""
-    return configured or VOCAB_PATH

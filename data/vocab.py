@@ -22,7 +22,7 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sentencepiece as spm
 
@@ -151,6 +151,20 @@ def get_vocabulary(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def path_of(config: Any) -> str:
+    """A run's sentencepiece model: ``config.data.vocab_path``; else the one in the directory it
+    starts from (``config.train.init_from``: an HF model directory with its tokenizer,
+    ``spiece.model`` for T5 or ``spm.model`` for ELECTRA, or a ``launch.convert from_hf``
+    output); else the bundled vocabulary."""
+    if config.data.vocab_path:
+        return config.data.vocab_path
+    for name in ("spiece.model", "spm.model"):
+        path = os.path.join(config.train.init_from, name) if config.train.init_from else ""
+        if path and os.path.isfile(path):
+            return path
+    return bundled.VOCAB_PATH
 
 
 def vocabulary_size(path: str = bundled.VOCAB_PATH, extra_ids: int = bundled.EXTRA_IDS) -> int:

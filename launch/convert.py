@@ -5,8 +5,9 @@ with ``--config.train.init_from=HF_DIR``)::
 
     python -m launch.convert from_hf HF_DIR OUT
 
-Export the latest (or ``--step``) checkpoint of a run; the model is rebuilt from the run's
-resolved ``RUN/config.json``::
+Export the latest (or ``--step``) checkpoint of a run with its tokenizer (the sentencepiece
+model and a transformers tokenizer config); the model is rebuilt from the run's resolved
+``RUN/config.json``::
 
     python -m launch.convert to_hf RUN HF_OUT [--step N]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -33,6 +35,9 @@ def from_hf(hf_dir: str, out: str) -> str:
 
     model, params = hf.from_hf(hf_dir)
     step_dir = ckpt_lib.save_params(out, params, step=0)
+    for name in ("spiece.model", "spm.model"):  # the tokenizer travels with the params
+        if os.path.isfile(os.path.join(hf_dir, name)):  # (data.vocab.path_of reads it)
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out, name))
     with open(os.path.join(out, "hf_source.json"), "w") as f:
         json.dump({"hf_dir": os.path.abspath(hf_dir), "model": type(model).__name__}, f)
     return step_dir
@@ -61,10 +66,19 @@ def load_run_params(run_dir: str, step: int | None = None) -> tuple[Any, Any]:
 
 
 def to_hf(run_dir: str, out: str, step: int | None = None) -> None:
+    """The weights (``config.json`` + ``model.safetensors``) and the tokenizer (sentencepiece model
+    + its config, data/hf_tokenizer.py), so ``AutoTokenizer.from_pretrained(out)`` works."""
+    from data import hf_tokenizer
+    from data import vocab as vocab_lib
     from modeling import hf
+    from modeling.t5 import EncoderDecoder
 
     model, params = load_run_params(run_dir, step)
     hf.to_hf(model, jax.device_get(params), out)
+    config = run_config(run_dir)
+    write = (hf_tokenizer.write_t5_tokenizer if isinstance(model, EncoderDecoder)
+             else hf_tokenizer.write_electra_tokenizer)
+    write(vocab_lib.path_of(config), out, max_length=config.data.inputs_length)
 
 
 def main(argv: list[str] | None = None) -> None:

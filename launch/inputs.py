@@ -70,7 +70,7 @@ def make_examples(config: Any, objective: Objective, split: str
         return None
     if source == "seqio":
         return _seqio_examples(config, objective, split)
-    path = bundled.vocab_path(config.data.vocab_path)
+    path = vocab_lib.path_of(config)
     vocab_lib.check_vocab_fits(objective.vocab_size, vocab_lib.vocabulary_size(path))
     examples = objective.make_examples(_files(config, split), path, config.seed)
     return _checked(objective, examples, f"config.data.source={source!r}")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
-from data import bundled
+from data import vocab as vocab_lib
 from launch import checkpoint as ckpt_lib
 from launch import inputs as inputs_lib
 from launch import mesh as mesh_lib
@@ -273,7 +273,7 @@ def _showcase(config: Any, program: step_lib.Program, params: Any, examples: Any
 
     init_params = jax.device_get(nn.unbox(jax.jit(objective.init_fn)(program.init_key)["params"]))
     return objective.showcase(jax.device_get(params), init_params, examples.example(0),
-                              bundled.vocab_path(config.data.vocab_path))
+                              vocab_lib.path_of(config))
 
 
 def _warm_start(path: str, abstract_params: Any, scan_layers: bool = False) -> Any:

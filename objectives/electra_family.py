@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import bundled
 from data import vocab as vocab_lib
 from modeling import electra
 from modeling.transformer import TransformerConfig
@@ -112,7 +111,7 @@ def build(config: Any, variant: Variant) -> base.Objective:
     cfg = model_config(config, variant)
     model = electra.Electra(cfg)
     name = config.objective.name
-    special_ids = vocab_lib.special_ids(bundled.vocab_path(config.data.vocab_path))
+    special_ids = vocab_lib.special_ids(vocab_lib.path_of(config))
     rcfg = rtd_config(config, special_ids, cfg.discriminator.vocab_size)
     batch, length = config.data.batch_size, config.data.inputs_length
     keys = ["encoder_input_tokens", "encoder_token_type_ids"]

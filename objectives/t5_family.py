@@ -16,7 +16,6 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from data import bundled
 from data import vocab as vocab_lib
 from modeling import t5
 from modeling.transformer import TransformerConfig
@@ -89,7 +88,7 @@ def build(config: Any, denoiser: denoising.Denoiser) -> base.Objective:
         raise ValueError(f"config.objective.normalize={obj.normalize!r}; expected one of "
                          f"{losses.NORMALIZE_MODES}")
     params = denoiser.params(**denoiser_params(config))  # unknown parameters fail here
-    vocab_path = bundled.vocab_path(config.data.vocab_path)
+    vocab_path = vocab_lib.path_of(config)
     batch, l_in, l_out = (config.data.batch_size, config.data.inputs_length,
                           config.data.targets_length)
     spec = {"encoder_input_tokens": (batch, l_in), "decoder_input_tokens": (batch, l_out),

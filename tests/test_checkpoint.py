@@ -149,6 +149,10 @@ def test_convert_to_hf_and_back(runs, tmp_path):
     model, params = convert.load_run_params(str(run))
     convert.main(["to_hf", str(run), str(tmp_path / "hf")])
     assert ckpt_lib.is_hf_dir(str(tmp_path / "hf"))
+    from transformers import AutoTokenizer  # the directory carries its tokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf")).convert_tokens_to_ids(
+        "<extra_id_0>") == params["token_embedder"]["embedding"].shape[0] - 1
     _, back = hf.from_hf(str(tmp_path / "hf"))
     jax.tree.map(np.testing.assert_array_equal, back, jax.device_get(params))
     warm = trainer._warm_start(str(tmp_path / "hf"), _abstract_params(tiny()))
