@@ -111,15 +111,21 @@ def test_tpu_compiler_bytes_match_the_count_on_v5e():
 
 
 @needs_libtpu
-def test_remat_trades_temporaries_for_flops_on_tpu():
+def test_sweep_remat_trades_temporaries_for_flops_on_tpu():
+    base = t5_config(d_model=256, d_ff=1024, num_layers=4, num_decoder_layers=4)
+    base.model.scan_layers = False  # XLA's FLOP count sees every layer only when unrolled
     target = plan_chips.parse_target("v6e:2x2")
     devices, compiler = plan.devices_for(target, use_cpu=False)
-    plain, full = (plan.make_plan(t5_config(remat_policy=r, d_model=256, d_ff=1024,
-                                            num_layers=4, num_decoder_layers=4),
-                                  target, devices, compiler) for r in ("none", "full"))
+    configs = plan.sweep_configs(base, models=[1], remats=["none", "full"], micros=[1])
+    assert [label for label, _ in configs] == ["model=1 remat=none micro=1",
+                                               "model=1 remat=full micro=1"]
+    plain, full = (plan.make_plan(c, target, devices, compiler, label=label)
+                   for label, c in configs)
     assert full.memory["temporaries"] < plain.memory["temporaries"]
-    assert full.xla_flops > plain.xla_flops
+    assert full.xla_flops > plain.xla_flops  # the forward pass runs again in the backward
     assert full.model_flops == plain.model_flops
+    assert "least recomputation" in plan_report.sweep_summary([plain, full])
+    assert plain.label in plan_report.sweep_summary([plain, full])
 
 
 def test_gpu_plan_is_analytic_and_says_so():
