@@ -16,11 +16,16 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined only when run as a program: tests import this module beside other CLIs."""
+    config_flags.DEFINE_config_file(
+        "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
+        lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def write_config(config, workdir: str) -> None:
@@ -43,7 +48,7 @@ def main(argv: list[str]) -> int:
 
     # orbax logs every file it writes at INFO; keep the console to the progress line.
     logging.set_verbosity(logging.WARNING)
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    config, workdir = FLAGS.config, FLAGS.workdir
     trainer.initialize_distributed(config.distributed)
     if jax.process_index() == 0:
         write_config(config, workdir)
@@ -88,4 +93,5 @@ if __name__ == "__main__":
     except ValueError as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
