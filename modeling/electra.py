@@ -340,7 +340,7 @@ MlmEncoder = ElectraGenerator  # the paper's BERT baseline: a generator at discr
 
 
 class ElectraClassifier(nn.Module):
-    """Fine-tuning: discriminator encoder + [CLS] dropout/dense head -> ``[batch, classes]``.
+    """Fine-tuning: discriminator encoder + a [CLS] head -> ``[batch, classes]`` float32.
 
     Initialise ``embeddings`` / ``network`` from a discriminator's params (same names).
     """
@@ -348,11 +348,13 @@ class ElectraClassifier(nn.Module):
     config: TransformerConfig
     num_classes: int
     classifier_dropout: float = 0.1
+    head_style: str = "electra"  # heads.CLASSIFIER_STYLES: the reference code's or HF's
 
     def setup(self):
         self.embeddings = Embeddings(self.config)
         self.network = Network(self.config)
-        self.head = ClassificationHead(self.config, self.num_classes, self.classifier_dropout)
+        self.head = ClassificationHead(self.config, self.num_classes, self.classifier_dropout,
+                                       self.head_style)
 
     def __call__(self, encoder_input_tokens: Array, encoder_token_type_ids: Array | None = None,
                  encoder_segment_ids: Array | None = None, encoder_positions: Array | None = None,
