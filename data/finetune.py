@@ -164,6 +164,10 @@ class FinetuneTask:
         path = self.files[split]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"task {self.name!r}: {split} file {path!r} does not exist")
+        return self.read(path)
+
+    def read(self, path: str, with_targets: bool = True) -> list[dict[str, str]]:
+        """The records of a JSONL(.gz) file, checked (targets optional for prediction)."""
         opener = gzip.open if path.endswith(".gz") else open
         out = []
         with opener(path, "rt", encoding="utf-8") as f:
@@ -174,18 +178,21 @@ class FinetuneTask:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{number}: not a JSON object ({e})") from e
-                out.append(self._checked(record, f"{path}:{number}"))
+                out.append(self._checked(record, f"{path}:{number}", with_targets))
         if not out:
             raise ValueError(f"{path}: no records")
         return out
 
-    def _checked(self, record: Any, where: str) -> dict[str, str]:
+    def _checked(self, record: Any, where: str, with_target: bool = True) -> dict[str, str]:
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        for field in self.text_fields + (self.target_field,):
+        fields = self.text_fields + ((self.target_field,) if with_target else ())
+        for field in fields:
             if not isinstance(record.get(field), str):
                 raise ValueError(f"{where}: field {field!r} must be a string; the record has "
                                  f"{sorted(record)}")
+        if not with_target and self.target_field not in record:
+            return record
         target = record[self.target_field]
         if self.kind == "classification" and target not in self.labels:
             raise ValueError(f"{where}: target {target!r} is not one of task {self.name!r}'s "
@@ -247,7 +254,7 @@ class FinetuneExamples(IndexedExamples):
                  seed: int):
         self.task, self.kind, self.rows, self.records = task, kind, rows, records
         self.task_lengths, self.truncated = task_lengths, truncated
-        self.targets = [r[task.target_field] for r in records]
+        self.targets = [r.get(task.target_field) for r in records]
         super().__init__(len(rows), seed)
 
     def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
@@ -273,13 +280,18 @@ def _fit(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]
     return a, b
 
 
-def encoder_examples(task: FinetuneTask, split: str, vocab_path: str,
+def _records(task: FinetuneTask, split: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    return task.rows(split) if isinstance(split, str) else split
+
+
+def encoder_examples(task: FinetuneTask, split: str | list[dict[str, str]], vocab_path: str,
                      special_ids: Mapping[str, int], max_length: int, seed: int
                      ) -> FinetuneExamples:
-    """``[CLS] A [SEP] (B [SEP])`` rows, token types 0 then 1, label index (or float)."""
+    """``[CLS] A [SEP] (B [SEP])`` rows, token types 0 then 1, label index (or float); label 0
+    for records without a target (prediction). ``split``: a split name or the records."""
     _ = task.num_classes  # raises for text-to-text tasks: they have no classifier head
     sp = load_sentencepiece(vocab_path)
-    records = task.rows(split)
+    records = _records(task, split)
     cls, sep = special_ids["cls"], special_ids["sep"]
     budget = max_length - 1 - len(task.text_fields)
     rows, truncated = [], 0
@@ -294,25 +306,29 @@ def encoder_examples(task: FinetuneTask, split: str, vocab_path: str,
         for segment, ids in enumerate(fitted):
             tokens += ids + [sep]
             types += [segment] * (len(ids) + 1)
-        target = record[task.target_field]
-        label = (task.labels.index(target) if task.kind == "classification"
-                 else float(target))
+        target = record.get(task.target_field)
+        if target is None:
+            label = 0
+        else:
+            label = (task.labels.index(target) if task.kind == "classification"
+                     else float(target))
         rows.append({"inputs": np.asarray(tokens, np.int32),
                      "token_type_ids": np.asarray(types, np.int32), "label": label})
     return FinetuneExamples(task, "classify", rows, records, {"inputs": max_length},
                             truncated, seed)
 
 
-def encdec_examples(task: FinetuneTask, split: str, vocab_path: str, eos_id: int,
-                    inputs_length: int, targets_length: int, seed: int) -> FinetuneExamples:
+def encdec_examples(task: FinetuneTask, split: str | list[dict[str, str]], vocab_path: str,
+                    eos_id: int, inputs_length: int, targets_length: int, seed: int
+                    ) -> FinetuneExamples:
     """T5 rows: the formatted input and the target text, each + EOS (trimmed first, as seqio's
-    ``append_eos_after_trim``)."""
+    ``append_eos_after_trim``); an empty target for records without one (prediction)."""
     sp = load_sentencepiece(vocab_path)
-    records = task.rows(split)
+    records = _records(task, split)
     rows, truncated = [], 0
     for record in records:
         inputs = sp.encode(task.t5_input(record))
-        targets = sp.encode(record[task.target_field])
+        targets = sp.encode(record.get(task.target_field, ""))
         truncated += len(inputs) >= inputs_length or len(targets) >= targets_length
         rows.append({"inputs": np.asarray(inputs[:inputs_length - 1] + [eos_id], np.int32),
                      "targets": np.asarray(targets[:targets_length - 1] + [eos_id], np.int32)})

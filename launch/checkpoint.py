@@ -115,7 +115,7 @@ def is_hf_dir(path: str) -> bool:
         return "model_type" in json.load(f)
 
 
-def _resolve_step_dir(path: str) -> str:
+def resolve_step_dir(path: str) -> str:
     """A workdir, a ``checkpoints`` dir or a step dir -> the newest step dir."""
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, STATE_ITEM)):
@@ -133,7 +133,7 @@ def _resolve_step_dir(path: str) -> str:
 def load_params(path: str, abstract_params: Any) -> Any:
     """Params from a pretrax checkpoint (optimizer state ignored), laid out like
     ``abstract_params`` (``abstract_like(params, shardings)``)."""
-    step_dir = _resolve_step_dir(path)
+    step_dir = resolve_step_dir(path)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
                                 abstract_params)
     checkpointer = ocp.PyTreeCheckpointer()
@@ -175,7 +175,7 @@ def check_shapes(params: Any, abstract_params: Any, source: str) -> None:
 def read_params(path: str) -> Any:
     """The params of a pretrax checkpoint as host NumPy arrays, in the layout they were saved
     (for warm starts that change the layout, e.g. a classifier from a pretraining run)."""
-    step_dir = _resolve_step_dir(path)
+    step_dir = resolve_step_dir(path)
     item = os.path.join(step_dir, STATE_ITEM)
     checkpointer = ocp.PyTreeCheckpointer()
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -25,13 +26,18 @@ from launch import mesh as mesh_lib
 
 def predict(program: Any, params: Any, examples: Any) -> list[str]:
     """Prediction strings for every record of ``examples`` (a ``FinetuneExamples``), in order."""
+    return program.objective.decode_predictions(outputs(program, params, examples))
+
+
+def outputs(program: Any, params: Any, examples: Any) -> np.ndarray:
+    """``predict_step`` outputs for every record of ``examples``, in order (host array)."""
     objective = program.objective
     if program.predict_step is None:
         raise ValueError(f"objective {objective.name!r} has no predictions (not a fine-tuning "
                          "objective)")
     batch_size = next(iter(objective.batch_spec.values()))[0][0]  # the global batch
     n = len(examples.rows)
-    outputs = []
+    chunks = []
     with mesh_lib.use_mesh(program.mesh, program.rules):
         for start in range(0, n, batch_size):
             index = list(range(start, min(start + batch_size, n)))
@@ -41,8 +47,8 @@ def predict(program: Any, params: Any, examples: Any) -> list[str]:
                                                      lambda i, v=v: v[i])
                      for k, v in host.items() if k in objective.batch_spec}
             out = np.asarray(jax.device_get(program.predict_step(params, batch)))
-            outputs.append(out[:len(index)])
-    return objective.decode_predictions(np.concatenate(outputs))
+            chunks.append(out[:len(index)])
+    return np.concatenate(chunks)
 
 
 def task_metrics(program: Any, params: Any, examples: Any, predictions_path: str | None = None
@@ -62,3 +68,71 @@ def write_predictions(path: str, records: list[dict], predictions: list[str]) ->
         for record, prediction in zip(records, predictions, strict=True):
             f.write(json.dumps({**record, "prediction": prediction}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a run for launch/evaluate.py and launch/predict.py.
+# ---------------------------------------------------------------------------------------------
+def workdir_from_argv(argv: list[str]) -> str:
+    """``--workdir=DIR`` (or ``--workdir DIR``) from the command line, before flags exist."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--workdir="):
+            return arg.split("=", 1)[1]
+        if arg == "--workdir" and i + 1 < len(argv):
+            return argv[i + 1]
+    print("ERROR: --workdir=DIR (a training run's folder) is required", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_config(workdir: str) -> Any:
+    """The run's resolved config (``WORKDIR/config.json``) over today's defaults."""
+    from configs import common
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        print(f"ERROR: {path} does not exist: --workdir must be a training run's folder",
+              file=sys.stderr)
+        sys.exit(2)
+    with open(path) as f:
+        saved = json.load(f)
+    config = common.base_config()
+    unknown = sorted(set(saved) - set(config))
+    if unknown:
+        print(f"ERROR: {path} has sections {unknown} this version does not know",
+              file=sys.stderr)
+        sys.exit(2)
+    config.update(saved)
+    return config
+
+
+def checkpoint_path(workdir: str, step: str) -> str:
+    """``latest`` -> the workdir, ``best`` -> ``WORKDIR/best``, N -> ``checkpoints/N``."""
+    from launch import checkpoint as ckpt_lib
+
+    if step == "latest":
+        return workdir
+    if step == "best":
+        if ckpt_lib.best_record(workdir) is None:
+            raise ValueError(f"{workdir} has no best checkpoint (WORKDIR/best/best.json)")
+        return os.path.join(workdir, ckpt_lib.BEST_DIR)
+    if not step.isdigit():
+        raise ValueError(f"--step={step!r}; expected latest, best or a step number")
+    path = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR, step)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} does not exist; steps saved: "
+                         f"{sorted(os.listdir(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)))}")
+    return path
+
+
+def load_program(config: Any, workdir: str, step: str) -> tuple[Any, Any, int]:
+    """(program, params, step) of the run's checkpoint ``step`` (``checkpoint_path``)."""
+    from launch import checkpoint as ckpt_lib
+    from launch import step as step_lib
+
+    program = step_lib.build(config)
+    if program.predict_step is None:
+        raise ValueError(f"objective {program.objective.name!r} is a pretraining objective: "
+                         "evaluate and predict score fine-tuning runs (configs/finetune.py)")
+    step_dir = ckpt_lib.resolve_step_dir(checkpoint_path(workdir, step))
+    params = ckpt_lib.load_params(step_dir, program.abstract_state["params"])
+    return program, params, int(os.path.basename(step_dir))

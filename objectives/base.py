@@ -73,6 +73,8 @@ class Objective:
     task_examples: Callable[[str, str, int], Any] | None = None
     predict_fn: Callable[[Any, dict], jax.Array] | None = None  # jittable (params, batch)
     decode_predictions: Callable[[np.ndarray], list[str]] | None = None  # outputs -> strings
+    # outputs -> per-record extras for launch/predict.py (e.g. class probabilities)
+    prediction_details: Callable[[np.ndarray], list[dict]] | None = None
     # layer-wise LR decay: abstract params -> depth per leaf (launch/optim.py), and the depth
     param_depths: Callable[[Any], Any] | None = None
     num_layers: int | None = None

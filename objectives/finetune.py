@@ -130,7 +130,14 @@ def build_classify(config: Any) -> base.Objective:
             return [repr(float(v)) for v in outputs[:, 0]]
         return [task.labels[i] for i in np.argmax(outputs, axis=-1)]
 
-    def task_examples(split: str, path: str, seed: int) -> finetune.FinetuneExamples:
+    def prediction_details(outputs: np.ndarray) -> list[dict]:
+        if regression:
+            return [{} for _ in outputs]
+        return [{"probabilities": {label: float(p) for label, p in zip(task.labels, row,
+                                                                       strict=True)}}
+                for row in outputs]
+
+    def task_examples(split, path: str, seed: int) -> finetune.FinetuneExamples:
         return finetune.encoder_examples(task, split, path, special_ids, length, seed)
 
     return base.Objective(
@@ -144,7 +151,7 @@ def build_classify(config: Any) -> base.Objective:
         summary_keys=("mse" if regression else "label_accuracy", task.metric),
         baselines=lambda batches: {}, notes=lambda record: [], showcase=None,
         task=task, task_examples=task_examples, predict_fn=predict_fn,
-        decode_predictions=decode_predictions,
+        decode_predictions=decode_predictions, prediction_details=prediction_details,
         param_depths=functools.partial(classifier_depths, num_layers=disc.num_layers),
         num_layers=disc.num_layers, adapt_params=_adapt_encoder)
 
@@ -178,7 +185,7 @@ def build_text_to_text(config: Any) -> base.Objective:
             out.append(sp.decode([i for i in ids if 0 < i < sp.get_piece_size()]))
         return out
 
-    def task_examples(split: str, path: str, seed: int) -> finetune.FinetuneExamples:
+    def task_examples(split, path: str, seed: int) -> finetune.FinetuneExamples:
         return finetune.encdec_examples(task, split, path, eos, l_in, l_out, seed)
 
     return dataclasses.replace(

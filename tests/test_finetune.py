@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,7 @@ from objectives import finetune as finetune_objectives
 from objectives import registry
 
 TOL = 1e-4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ("animal", "food", "tool")
 WORDS = {"animal": ["cat", "dog", "horse"], "food": ["bread", "rice", "soup"],
          "tool": ["hammer", "saw", "drill"]}
@@ -39,9 +43,25 @@ def _write(path: str, records: list[dict]) -> str:
     return path
 
 
+TOY_MODULE = """
+from data import finetune
+
+FILES = {files!r}
+finetune.register(finetune.FinetuneTask(
+    name="toy_cls", kind="classification", files=FILES, labels={labels!r},
+    metric_fns=(finetune.accuracy,)))
+finetune.register(finetune.FinetuneTask(
+    name="toy_reg", kind="regression", files=FILES, target_field="score",
+    text_fields=("sentence1", "sentence2"), metric_fns=(finetune.pearson_spearman,)))
+finetune.register(finetune.FinetuneTask(
+    name="toy_t2t", kind="text_to_text", files=FILES, metric_fns=(finetune.exact_match,)))
+"""
+
+
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> dict[str, finetune.FinetuneTask]:
-    """Three tiny tasks (classification, regression, text-to-text) over the same sentences."""
+def toy(tmp_path_factory) -> dict[str, Any]:
+    """Three tiny tasks (classification, regression, text-to-text) over the same sentences,
+    registered by a user module (``toy_tasks``) as ``config.data.task_module`` would."""
     d = tmp_path_factory.mktemp("toy")
     rng = np.random.default_rng(0)
     files = {}
@@ -53,24 +73,20 @@ def toy(tmp_path_factory) -> dict[str, finetune.FinetuneTask]:
             records.append({"sentence1": f"a {word} is on the table", "sentence2": "yes",
                             "target": label, "score": f"{i % 3}.5"})
         files[split] = _write(str(d / f"{split}.jsonl"), records)
-    tasks = {
-        "classification": finetune.FinetuneTask(
-            name="toy_cls", kind="classification", files=files, labels=LABELS,
-            metric_fns=(finetune.accuracy,)),
-        "regression": finetune.FinetuneTask(
-            name="toy_reg", kind="regression", files=files, target_field="score",
-            text_fields=("sentence1", "sentence2"), metric_fns=(finetune.pearson_spearman,)),
-        "text_to_text": finetune.FinetuneTask(
-            name="toy_t2t", kind="text_to_text", files=files, metric_fns=(finetune.exact_match,)),
-    }
-    for task in tasks.values():
-        finetune.register(task)
-    return tasks
+    (d / "toy_tasks.py").write_text(TOY_MODULE.format(files=files, labels=LABELS))
+    sys.path.insert(0, str(d))
+    try:
+        yield {kind: finetune.get(name, "toy_tasks") for kind, name in (
+            ("classification", "toy_cls"), ("regression", "toy_reg"),
+            ("text_to_text", "toy_t2t"))} | {"dir": str(d)}
+    finally:
+        sys.path.remove(str(d))
 
 
 def _config(variant: str, task: str, **overrides):
     config = finetune_configs.get_config(variant)
     config.data.task = task
+    config.data.task_module = "toy_tasks"
     config.train.tensorboard = False
     config.train.console = False
     config.train.peak_flops = 1e9
@@ -311,3 +327,39 @@ def test_a_t5_run_does_not_warm_start_a_classifier(toy, tmp_path):
     config = _config("electra_tiny", "toy_cls", **{"train.init_from": pre})
     with pytest.raises(ValueError, match="an ELECTRA classifier starts from"):
         trainer.train(config, str(tmp_path / "ft"))
+
+
+def test_evaluate_and_predict_clis_agree_with_the_trainer(toy, tmp_path):
+    run = str(tmp_path / "run")
+    config = _config("electra_tiny", "toy_cls", **{"train.steps": 10})
+    config.train.console = True
+    summary = trainer.train(config, run)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([toy["dir"], REPO]), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={run}",
+                          "--step=10", "--split=validation"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(run, "eval", "validation-10.json")) as f:
+        record = json.load(f)
+    assert record["accuracy"] == summary["eval"][-1]["eval/accuracy"]
+    # predict on the validation records: the same predictions the trainer wrote.
+    with open(os.path.join(run, "predictions", "validation-10.jsonl")) as f:
+        trained = [json.loads(line) for line in f]
+    inputs = _write(str(tmp_path / "in.jsonl"), [{"sentence1": r["sentence1"]} for r in trained])
+    out = subprocess.run([sys.executable, "-m", "launch.predict", f"--workdir={run}",
+                          f"--input={inputs}", f"--output={tmp_path / 'out.jsonl'}"], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "out.jsonl") as f:
+        predicted = [json.loads(line) for line in f]
+    assert [p["prediction"] for p in predicted] == [t["prediction"] for t in trained]
+    for p in predicted:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert max(p["probabilities"], key=p["probabilities"].get) == p["prediction"]
+    # Bad input: exit 2 with the reason.
+    out = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={run}",
+                          "--step=7"], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 2 and "checkpoints/7 does not exist" in out.stderr
