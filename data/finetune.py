@@ -104,13 +104,16 @@ class FinetuneTask:
 
     name: str
     kind: str  # one of KINDS
-    files: Mapping[str, str]  # split -> path of a .jsonl or .jsonl.gz file
+    files: Mapping[str, str]  # split -> path of a .jsonl or .jsonl.gz file (or {} with reader)
     text_fields: tuple[str, ...] = ("sentence1",)  # 1 (single sentence) or 2 (pair)
     target_field: str = "target"
     labels: tuple[str, ...] = ()  # classification: the label strings, index = class id
     metric_fns: tuple[Callable[[Sequence[Any], Sequence[Any]], dict[str, float]], ...] = ()
     prefix: str = ""  # T5's input prefix; default: the task name
     main_metric: str = ""  # what "best" means; default: the first metric's first key
+    # Records from elsewhere (e.g. TFDS): split -> list of records with the fields above; used
+    # instead of ``files`` when set.
+    reader: Callable[[str], list[dict[str, str]]] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -158,6 +161,12 @@ class FinetuneTask:
 
     def rows(self, split: str) -> list[dict[str, str]]:
         """The split's records, checked: text fields present, targets valid."""
+        if self.reader is not None:
+            records = self.reader(split)
+            if not records:
+                raise ValueError(f"task {self.name!r}: split {split!r} has no records")
+            return [self._checked(r, f"task {self.name!r} {split} record {i}")
+                    for i, r in enumerate(records)]
         if split not in self.files:
             raise ValueError(f"task {self.name!r} has no split {split!r}; it has "
                              f"{sorted(self.files)}")
