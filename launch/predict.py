@@ -36,6 +36,9 @@ def define_flags(config) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from launch import platform
+
+    platform.prefer_cpu_without_accelerators()
     import jax
 
     from data import vocab as vocab_lib

@@ -41,6 +41,9 @@ def write_config(config, workdir: str) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from launch import platform
+
+    platform.prefer_cpu_without_accelerators()
     # Imported here so --help works without initialising JAX.
     import jax
 
