@@ -261,6 +261,7 @@ def python_doc_documents(root: str) -> Iterator[tuple[str, str]]:
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 WORDNET_DIR = "usr/share/wordnet"
 WORDNET_POS = ("noun", "verb", "adj", "adv")  # data.<pos> files
+_POS_LETTER = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}  # as pointers write them
 
 
 class Synset(NamedTuple):
@@ -292,7 +293,8 @@ def parse_synset(line: str, pos: str) -> Synset | None:
         (fields[at + 1 + 4 * i], fields[at + 3 + 4 * i] + fields[at + 2 + 4 * i])
         for i in range(n_pointers)
     )
-    return Synset(pos[0] + fields[0], lex_file, words, pointers, normalize_space(gloss))
+    return Synset(_POS_LETTER[pos] + fields[0], lex_file, words, pointers,
+                  normalize_space(gloss))
 
 
 def read_synsets(root: str, pos: str) -> Iterator[Synset]:
