@@ -11,7 +11,7 @@ example, so these tasks use only synsets that are *eligible*:
   - no other example-less synset has the same gloss (an identical gloss with two labels or two
     headwords would be noise, and could sit in two splits);
   - the gloss occurs nowhere in the bundled corpus text, not even as a substring (GNU grep -F;
-    short glosses such as "not alive" occur inside longer ones and are dropped).
+    574 glosses such as "hit hard" or "the craft of making fireworks" do and are dropped).
 
 Tasks (JSONL, one schema: {"id", "sentence1", ["sentence2",] "target"}):
   - wn_lexname: gloss -> lexicographer file name ("noun.animal"; lexnames(5WN)), 1 sentence.
@@ -20,8 +20,8 @@ Tasks (JSONL, one schema: {"id", "sentence1", ["sentence2",] "target"}):
     negative, so labels are exactly balanced and sentence1 alone says nothing. The negative Y is
     the positive hypernym of another random X' of the same part of speech, so "yes" and "no"
     sentence2s have the same distribution (a random synset would let a model answer from
-    sentence2 alone: hypernyms are general concepts); Y is never X or in X's hypernym chain
-    (ancestors or descendants). Randomness is seeded by the sha256 of X's key.
+    sentence2 alone: hypernyms are general concepts); a negative Y is never X, an ancestor of X
+    or a descendant of X. Randomness is seeded by the sha256 of X's key.
   - wn_headword: gloss -> the synset's first lemma, "_" as " " ("hot dog"), text to text.
 
 Splits are hash-stable: a synset (for wn_hypernym: X) goes to test if u < 0.1, validation if
@@ -42,6 +42,7 @@ import random
 import re
 import subprocess
 import tempfile
+import textwrap
 
 from data import build_corpus, bundled
 from data.downstream_baselines import baseline_table
@@ -254,7 +255,8 @@ def build(output_dir: str, debs_dir: str) -> dict:
     with open(os.path.join(output_dir, "MANIFEST.json"), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")
-    write_readme(os.path.join(output_dir, "README.md"), manifest, baseline_table(splits))
+    write_readme(os.path.join(output_dir, "README.md"), manifest, splits,
+                 baseline_table(splits))
     return manifest
 
 
@@ -266,68 +268,83 @@ _DESCRIPTIONS = {
 }
 
 
-def write_readme(path: str, manifest: dict, baselines: dict) -> None:
+def token_lengths(splits: dict[str, list[dict]]) -> dict[str, tuple[float, int]]:
+    """{field: (mean, max)} of spm_8192 pieces over all splits (no special tokens)."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=bundled.VOCAB_PATH)
+    examples = [e for es in splits.values() for e in es]
+    out = {}
+    for field in ("sentence1", "sentence2", "target"):
+        if field in examples[0]:
+            n = [len(ids) for ids in processor.encode([e[field] for e in examples])]
+            out[field] = (sum(n) / len(n), max(n))
+    return out
+
+
+def _paragraph(text: str) -> list[str]:
+    return textwrap.wrap(text, width=96) + [""]
+
+
+def write_readme(path: str, manifest: dict, splits: dict, baselines: dict) -> None:
     tasks, pool = manifest["tasks"], manifest["pool"]
-    version = manifest["packages"][PACKAGE]
-    lines = [
-        "# Bundled downstream tasks",
-        "",
-        "Three fine-tuning tasks that run offline, built by `python -m data.build_downstream`",
-        f"from WordNet 3.0 (Debian 12 package `{PACKAGE}` {version}) out of the synsets the",
-        "pretraining corpus (`data/corpus/`) leaves out: no sentence of any task occurs in the",
-        "corpus text, not even as a substring (checked by `tests/test_downstream_data.py`).",
-        "See the docstring of `data/build_downstream.py` for every rule.",
-        "",
-        "**Licence:** the WordNet 3.0 license (Princeton University; permissive, keep the",
-        "notice), in full in `LICENSE`.",
-        "",
-        "**Format:** `<task>/{train,validation,test}.jsonl.gz`, gzip UTF-8, one JSON object a",
-        'line: `{"id": str, "sentence1": str, "sentence2": str (pairs only), "target": str}`.',
-        "`MANIFEST.json` has the sha256 of each file's uncompressed text, example counts, the",
-        "sorted label list and label counts of each classification task.",
-        "",
-        "## Tasks",
-        "",
-        "| task | kind | input | target | train | validation | test |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in TASKS:
-        kind, inputs, target = _DESCRIPTIONS[name]
-        n = [f"{tasks[name]['files'][s]['examples']:,}" for s in SPLITS]
-        lines.append(f"| `{name}` | {kind} | {inputs} | {target} | {' | '.join(n)} |")
-    lexname_counts = collections.Counter()
+    lexname_counts: collections.Counter = collections.Counter()
     for counts in tasks["wn_lexname"]["label_counts"].values():
         lexname_counts.update(counts)
     rare = sorted(lexname_counts, key=lambda label: (lexname_counts[label], label))[:4]
-    lines += [
-        "",
-        f"`wn_lexname` has {len(lexname_counts)} labels (of WordNet's 45 lexicographer files),",
+    lines = ["# Bundled downstream tasks", ""]
+    lines += _paragraph(
+        "Three fine-tuning tasks that run offline, built by `python -m data.build_downstream` "
+        f"from WordNet 3.0 (Debian 12 package `{PACKAGE}` {manifest['packages'][PACKAGE]}) out "
+        "of the synsets the pretraining corpus (`data/corpus/`) leaves out: no sentence of any "
+        "task occurs in the corpus text, not even as a substring (checked with GNU grep by "
+        "`tests/test_downstream_data.py`). Every rule is in the docstring of "
+        "`data/build_downstream.py`.")
+    lines += _paragraph("**Licence:** the WordNet 3.0 license (Princeton University; "
+                        "permissive, keep the notice), in full in `LICENSE`.")
+    lines += _paragraph(
+        "**Format:** `<task>/{train,validation,test}.jsonl.gz`, gzip UTF-8, one JSON object a "
+        'line: `{"id": str, "sentence1": str, "sentence2": str (pairs only), "target": str}`. '
+        "`MANIFEST.json` has the sha256 of each file's uncompressed text, the example counts, "
+        "and the sorted label list and label counts of each classification task; "
+        "`data/finetune.py` registers the tasks from it.")
+    lines += ["## Tasks", "",
+              "| task | kind | input | target | train | validation | test | spm_8192 pieces "
+              "(mean / max) |", "|---|---|---|---|---|---|---|---|"]
+    for name in TASKS:
+        kind, inputs, target = _DESCRIPTIONS[name]
+        n = [f"{tasks[name]['files'][s]['examples']:,}" for s in SPLITS]
+        lengths = ", ".join(f"{field} {mean:.1f} / {top}"
+                            for field, (mean, top) in token_lengths(splits[name]).items())
+        lines.append(f"| `{name}` | {kind} | {inputs} | {target} | {' | '.join(n)} | {lengths} |")
+    lines.append("")
+    lines += _paragraph(
+        f"`wn_lexname` has {len(lexname_counts)} labels (of WordNet's 45 lexicographer files), "
         "imbalanced as WordNet is: the rarest over all splits are "
-        + ", ".join(f"`{label}` ({lexname_counts[label]})" for label in rare) + "; label counts",
-        "per split are in MANIFEST.json. `wn_hypernym` is exactly balanced: each X gives one",
-        "positive and one negative pair, and the negative's sentence2 is another X's hypernym,",
-        "so sentence2 alone carries no signal. `wn_headword` is hard by design (a reverse",
-        "dictionary: glosses rarely name their headword); its metric is exact match.",
-        "",
-        "## Sources and sizes",
-        "",
-        f"Of WordNet's {pool['synsets']:,} synsets, {pool['without_example']:,} have no usage",
-        f"example (the corpus holds the others), {pool['gloss_unique']:,} of those have a gloss",
-        "no other one shares, and "
-        f"{pool['eligible_not_in_corpus']:,} of those have a gloss found nowhere in the corpus:",
-        "the pool. Splits are by sha256 of the synset key (X's key for pairs): test below 0.1,",
-        "validation below 0.2, else train; the same synset is in the same split in every task.",
-        f"Caps per task and split: train {CAPS['train']:,}, validation {CAPS['validation']:,},",
-        f"test {CAPS['test']:,} examples (the smallest hashes are kept). Before the caps:",
-        ", ".join(f"`{n}` {tasks[n]['groups_before_caps']:,} "
-                  f"{'pairs of X' if n == 'wn_hypernym' else 'synsets'}" for n in TASKS) + ".",
-        "",
-        "## Baselines (percent)",
-        "",
-        "| task | metric | majority validation | majority test | bag of words validation "
-        "| bag of words test |",
-        "|---|---|---|---|---|---|",
-    ]
+        + ", ".join(f"`{label}` ({lexname_counts[label]})" for label in rare)
+        + "; label counts per split are in MANIFEST.json. `wn_hypernym` is exactly balanced: "
+        "each X gives one positive and one negative pair, and the negative's sentence2 is "
+        "another X's hypernym, so sentence2 alone carries no signal; a hypernym's gloss is "
+        "sentence2 for many X, in every split, while an X gloss is in one split only. "
+        "`wn_headword` is hard by "
+        "design (a reverse dictionary; many glosses fit several words); its metric is exact "
+        "match.")
+    lines += ["## Sources and sizes", ""]
+    lines += _paragraph(
+        f"Of WordNet's {pool['synsets']:,} synsets, {pool['without_example']:,} have a gloss and "
+        f"no usage example (the corpus holds the others), {pool['gloss_unique']:,} of those "
+        f"have a gloss no other one shares, and {pool['eligible_not_in_corpus']:,} of those a "
+        "gloss found nowhere in the corpus: the pool. A synset (X for pairs) is in test if "
+        "sha256(key) / 2^256 < 0.1, validation if < 0.2, else train, with key = pos letter + "
+        "offset (`n07926442`); the same synset is in the same split in every task. Caps per "
+        f"task: train {CAPS['train']:,}, validation {CAPS['validation']:,}, test "
+        f"{CAPS['test']:,} examples (the smallest hashes are kept). Before the caps there were "
+        + ", ".join(f"{tasks[n]['groups_before_caps']:,} "
+                    f"{'X synsets (two pairs each)' if n == 'wn_hypernym' else 'synsets'} "
+                    f"for `{n}`" for n in TASKS) + ".")
+    lines += ["## Baselines (percent)", "",
+              "| task | metric | majority validation | majority test | bag of words validation "
+              "| bag of words test |", "|---|---|---|---|---|---|"]
     for name in TASKS:
         row = baselines[name]
         metric = "exact match" if name == "wn_headword" else "accuracy"
@@ -339,27 +356,24 @@ def write_readme(path: str, manifest: dict, baselines: dict) -> None:
             bow_cells = f"{bow['validation']:.1f} | {bow['test']:.1f} (nearest neighbour)"
         lines.append(f"| `{name}` | {metric} | {row['majority']['validation']:.1f} | "
                      f"{row['majority']['test']:.1f} | {bow_cells} |")
-    lines += [
-        "",
+    lines.append("")
+    lines += _paragraph(
         "Majority: always the most frequent train target ("
         + ", ".join(f"`{n}`: `{baselines[n]['majority']['prediction']}`" for n in TASKS)
-        + "). Bag of words (`data/downstream_baselines.py`): logistic regression on word",
-        "counts (for pairs also a per-word 'in both sentences' feature), L2 chosen on",
-        "validation; for `wn_headword`, the headword of the train gloss nearest by tf-idf cosine.",
-        "",
-        "## Rebuilding",
-        "",
-        "```",
-        "python -m data.build_downstream                       # apt-get download, then build",
-        "python -m data.build_downstream --debs_dir=/tmp/debs  # or use the .deb already there",
-        "```",
-        "",
-        "With the same package version the text of every file is identical (its sha256 is in",
-        "MANIFEST.json); the gzip bytes are too with the same zlib (mtime 0, no file name).",
-        "",
-    ]
+        + "). Bag of words (`data/downstream_baselines.py`): logistic regression on word counts "
+        "(for pairs also a per-word 'in both sentences' feature), L2 chosen on validation; for "
+        "`wn_headword`, the headword of the train gloss nearest by tf-idf cosine.")
+    lines += ["## Rebuilding", "", "```",
+              "python -m data.build_downstream                       # apt-get download, build",
+              "python -m data.build_downstream --debs_dir=/tmp/debs  # or use the .deb there",
+              "```", ""]
+    lines += _paragraph(
+        "Needs apt-get (or the .deb), dpkg and GNU grep. With the same package version the text "
+        "of every file is identical (its sha256 is in MANIFEST.json), and so are the gzip bytes "
+        "with the same zlib (mtime 0, no file name). The build takes a few minutes on one core, "
+        "most of it the bag-of-words baselines.")
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
