@@ -16,6 +16,7 @@ Sections:
 - ``checkpoint``: orbax cadence and retention.
 - ``mesh`` / ``sharding``: mesh axis sizes (one may be -1) and the rule preset name.
 - ``distributed``: multi-host initialisation.
+- ``debug``: deliberate fault injection (a NaN loss at a chosen step).
 """
 
 from __future__ import annotations
@@ -152,6 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.distributed.process_id = config_dict.placeholder(int)
     config.distributed.initialization_timeout = 300  # seconds
     config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
+
+    # -- debug: deliberate fault injection (launch/step.py), for fault drills and tests ------
+    config.debug = ml_collections.ConfigDict()
+    # Make the loss (and so every gradient) NaN at this step (1-based); None: never.
+    config.debug.inject_nan_at_step = config_dict.placeholder(int)
     return config
 
 
