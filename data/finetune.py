@@ -114,6 +114,12 @@ class FinetuneTask:
     # Records from elsewhere (e.g. TFDS): split -> list of records with the fields above; used
     # instead of ``files`` when set.
     reader: Callable[[str], list[dict[str, str]]] | None = None
+    # T5's input fields in order, when they differ from ``text_fields`` (the encoder's segment
+    # order): T5's GLUE tasks sort them by name ("mnli hypothesis: ... premise: ...").
+    t5_fields: tuple[str, ...] = ()
+    # A target or prediction string -> what the metrics compare (seqio's postprocess_fn; T5's
+    # GLUE tasks map labels to class ids, -1 for anything else). Default: see postprocess().
+    postprocessor: Callable[[str], Any] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -138,7 +144,10 @@ class FinetuneTask:
         return len(self.labels) if self.kind == "classification" else 1
 
     def postprocess(self, text: str) -> Any:
-        """A target or prediction string -> the value metrics compare (floats for regression)."""
+        """A target or prediction string -> the value metrics compare: ``postprocessor(text)``
+        if the task has one; else the stripped text (a float for regression, NaN if none)."""
+        if self.postprocessor is not None:
+            return self.postprocessor(text)
         return _float_or_nan(text) if self.kind == "regression" else text.strip()
 
     def score(self, targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
@@ -155,9 +164,10 @@ class FinetuneTask:
         if self.main_metric:
             return self.main_metric
         # The first metric's first key, found on a trivially correct prediction.
-        probe = {"classification": self.labels[:1], "regression": ["1", "2"],
-                 "text_to_text": ["a"]}[self.kind]
-        return next(iter(self.metric_fns[0](list(probe), list(probe))))
+        probe = [self.postprocess(x) for x in {"classification": self.labels[:1],
+                                                "regression": ["1", "2"],
+                                                "text_to_text": ["a"]}[self.kind]]
+        return next(iter(self.metric_fns[0](probe, probe)))
 
     def rows(self, split: str) -> list[dict[str, str]]:
         """The split's records, checked: text fields present, targets valid."""
@@ -195,7 +205,7 @@ class FinetuneTask:
     def _checked(self, record: Any, where: str, with_target: bool = True) -> dict[str, str]:
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        fields = self.text_fields + ((self.target_field,) if with_target else ())
+        fields = self.text_fields + self.t5_fields + ((self.target_field,) if with_target else ())
         for field in fields:
             if not isinstance(record.get(field), str):
                 raise ValueError(f"{where}: field {field!r} must be a string; the record has "
@@ -214,7 +224,7 @@ class FinetuneTask:
     def t5_input(self, record: Mapping[str, str]) -> str:
         """T5's text-to-text input: ``"<prefix> field1: text1 field2: text2"`` (GLUE style)."""
         parts = [self.prefix or self.name]
-        for field in self.text_fields:
+        for field in self.t5_fields or self.text_fields:
             parts.append(f"{field}: {record[field]}")
         return " ".join(parts)
 
