@@ -58,27 +58,90 @@ def f1_binary(targets: Sequence[Any], predictions: Sequence[Any], positive: Any 
     return {"f1": 100.0 * (2 * tp / denominator if denominator else 0.0)}
 
 
-def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any], positive: Any = "yes"
+def f1_with_invalid(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """F1 of class 1 over class ids 0/1 (T5's GLUE MRPC/QQP metric), in percent; a prediction
+    that is neither (an unknown label, -1) counts as wrong: a false positive when the target is
+    0, a false negative when it is 1."""
+    t = np.asarray(targets) == 1
+    p = np.asarray(predictions)
+    p = np.where((p == 0) | (p == 1), p == 1, ~t)
+    tp = float(np.sum(t & p))
+    denominator = 2 * tp + float(np.sum(~t & p)) + float(np.sum(t & ~p))
+    return {"f1": 100.0 * (2 * tp / denominator if denominator else 0.0)}
+
+
+def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Matthews correlation (GLUE's CoLA metric), times 100; for more than two values (an
+    invalid prediction is a value of its own) the multiclass R_K of Gorodkin (2004)."""
+    index = {v: i for i, v in enumerate(dict.fromkeys([*targets, *predictions]))}
+    n = len(targets)
+    confusion = np.zeros((len(index), len(index)), np.float64)
+    np.add.at(confusion, ([index[v] for v in targets], [index[v] for v in predictions]), 1.0)
+    t_sum, p_sum = confusion.sum(axis=1), confusion.sum(axis=0)
+    samples, correct = float(n), float(np.trace(confusion))
+    cov_tp = correct * samples - float(np.dot(t_sum, p_sum))
+    cov_pp = samples**2 - float(np.dot(p_sum, p_sum))
+    cov_tt = samples**2 - float(np.dot(t_sum, t_sum))
+    if cov_pp * cov_tt == 0:
+        return {"matthews_corrcoef": 0.0}
+    return {"matthews_corrcoef": 100.0 * (cov_tp / np.sqrt(cov_tt * cov_pp))}
+
+
+def mean_multiclass_f1(num_classes: int) -> Callable[[Sequence[int], Sequence[int]],
+                                                      dict[str, float]]:
+    """Unweighted mean over class ids 0..num_classes-1 of each class's F1 (T5's CB metric,
+    ``mean_3class_f1``), in percent; a class never predicted nor present scores 0."""
+    def mean_f1(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+        t, p = np.asarray(targets), np.asarray(predictions)
+        scores = []
+        for c in range(num_classes):
+            tp = float(np.sum((t == c) & (p == c)))
+            denominator = float(np.sum(t == c) + np.sum(p == c))
+            scores.append(2 * tp / denominator if denominator else 0.0)
+        return {f"mean_{num_classes}class_f1": 100.0 * float(np.mean(scores))}
+
+    return mean_f1
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    return float(np.clip(np.dot(x, y) / denominator, -1.0, 1.0)) if denominator else np.nan
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    first = np.concatenate([[True], x[order][1:] != x[order][:-1]])
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], len(x))
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(first) - 1]
+    return ranks
+
+
+def pearson_corrcoef(targets: Sequence[float], predictions: Sequence[float]
+                     ) -> dict[str, float]:
+    """Pearson correlation times 100 (T5's STS-B metric; NaN if either side is constant)."""
+    return {"pearson_corrcoef": 100.0 * _pearson(np.asarray(targets, np.float64),
+                                                 np.asarray(predictions, np.float64))}
+
+
+def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]
                       ) -> dict[str, float]:
-    """Matthews correlation of a binary task (GLUE's CoLA metric), times 100."""
-    t = np.asarray([x == positive for x in targets])
-    p = np.asarray([x == positive for x in predictions])
-    tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
-    fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return {"matthews_corrcoef": 100.0 * ((tp * tn - fp * fn) / denominator
-                                          if denominator else 0.0)}
+    """Spearman correlation (Pearson of average ranks) times 100 (T5's second STS-B metric)."""
+    return {"spearman_corrcoef": 100.0 * _pearson(
+        _average_ranks(np.asarray(targets, np.float64)),
+        _average_ranks(np.asarray(predictions, np.float64)))}
 
 
 def pearson_spearman(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
-    """Pearson and Spearman correlation (STS-B's metrics), times 100."""
-    import scipy.stats
-
+    """Pearson and Spearman correlation (STS-B's metrics), times 100; 0 for a constant side."""
     t, p = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
     if np.std(t) == 0 or np.std(p) == 0:
         return {"pearson": 0.0, "spearman": 0.0}
-    return {"pearson": 100.0 * float(scipy.stats.pearsonr(t, p)[0]),
-            "spearman": 100.0 * float(scipy.stats.spearmanr(t, p)[0])}
+    return {"pearson": pearson_corrcoef(t, p)["pearson_corrcoef"],
+            "spearman": spearman_corrcoef(t, p)["spearman_corrcoef"]}
 
 
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
