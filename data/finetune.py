@@ -16,7 +16,9 @@ and are scored by the task's metric functions, seqio's contract: ``fn(targets, p
 
 Tasks are registered by name (:func:`register`); ``config.data.task_module`` names a module
 that registers more before the lookup (T5X's ``MIXTURE_OR_TASK_MODULE``). The bundled tasks
-(``data/downstream/``, built by ``data/build_downstream.py``) are registered on import.
+(``data/downstream/``, built by ``data/build_downstream.py``) are registered on import; GLUE and
+SuperGLUE (``glue_*``, ``super_glue_*``, read from TFDS: ``data/glue.py``) when first asked for.
+``data/finetune_seqio.py`` registers any task as a seqio Task of the same name.
 """
 
 from __future__ import annotations
@@ -303,13 +305,23 @@ def register(task: FinetuneTask) -> FinetuneTask:
     return task
 
 
+# Modules that register tasks by name prefix, imported when such a task is asked for (so the
+# GLUE tasks need no task_module, and importing this module stays free of TensorFlow).
+PROVIDERS = {"glue_": "data.glue", "super_glue_": "data.glue"}
+
+
 def get(name: str, module: str = "") -> FinetuneTask:
-    """The task ``name``, after importing ``module`` (which may register it)."""
+    """The task ``name``, after importing ``module`` (which may register it), or the module of
+    :data:`PROVIDERS` whose prefix the name has."""
     if module:
         try:
             importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"config.data.task_module={module!r} cannot be imported: {e}") from e
+    if name not in _TASKS:
+        for prefix, provider in PROVIDERS.items():
+            if name.startswith(prefix):
+                importlib.import_module(provider)
     if name not in _TASKS:
         hint = "" if module else " (set config.data.task_module to the module that registers it)"
         raise ValueError(f"config.data.task={name!r} is not a registered fine-tuning task; "

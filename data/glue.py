@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -306,13 +307,13 @@ def read_tfds(split: str, *, benchmark: Benchmark) -> list[dict[str, str]]:
                           "install tensorflow-datasets") from e
     try:
         dataset = tfds.load(benchmark.tfds_name, split=splits[split], download=False,
-                            shuffle_files=False)
+                            shuffle_files=False, data_dir=os.environ.get("TFDS_DATA_DIR"))
     except AssertionError as e:  # what tfds raises for a dataset not prepared
         raise FileNotFoundError(
             f"task {benchmark.name!r} reads TFDS {benchmark.tfds_name!r} split "
             f"{splits[split]!r}, which is not prepared here ({e}). Prepare it where there is "
-            f"network: `tfds build {benchmark.tfds_name.split(':')[0]} --data_dir=DIR` (or copy "
-            "a prepared copy into DIR), then set TFDS_DATA_DIR=DIR") from e
+            f"network: `tfds build {benchmark.tfds_name} --data_dir=DIR` (or copy a prepared "
+            "copy into DIR), then set TFDS_DATA_DIR=DIR") from e
     records = []
     for example in tfds.as_numpy(dataset):
         record = {f: _text(example[f]) for f in benchmark.encoder_fields}

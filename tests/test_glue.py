@@ -13,7 +13,10 @@ NumPy, T5's scipy's).
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -22,7 +25,10 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data import glue, glue_tasks
+from data import bundled, finetune, glue, glue_tasks
+from data.cache import load_sentencepiece
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SKIPPED = {"glue_wnli_v002_simple_eval"}  # see data/glue_tasks.py
 
@@ -286,3 +292,97 @@ def test_scores_match_t5(t5, name):
                            score(theirs, targets, targets, examples))
         assert_same_scores(name, score(ours(name), targets, [predictions[0]] * n, examples),
                            score(theirs, targets, [predictions[0]] * n, examples))
+
+
+# ---------------------------------------------------------------------------------------------
+# GLUE as FinetuneTasks (ELECTRA's classify, T5's text_to_text through pretrax's trainer).
+# ---------------------------------------------------------------------------------------------
+def test_importing_the_tasks_does_not_import_tensorflow():
+    code = ("import sys; from data import finetune; "
+            "task = finetune.get('glue_mnli_v002'); "
+            "assert task.text_fields == ('premise', 'hypothesis'), task; "
+            "assert not [m for m in ('tensorflow', 'tensorflow_datasets', 'seqio') "
+            "if m in sys.modules], sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest.mark.parametrize("name", sorted(glue.FINETUNE_TASKS))
+def test_finetune_task_records_are_t5s_examples(t5, name):
+    """The reader's records (TFDS mock data) give T5's own inputs and targets."""
+    task = finetune.get(name)
+    assert task is glue.FINETUNE_TASKS[name]
+    b = glue.BY_NAME[name]
+    with tfds.testing.mock_data(num_examples=6):
+        split = dict(b.finetune_splits)["validation"]
+        raw = list(tfds.as_numpy(tfds.load(b.tfds_name, split=split, download=False)))
+        want = run(t5["tasks"][name], tfds.load(b.tfds_name, split=split, download=False))
+        records = task.rows("validation")
+    assert len(records) == len(want) == 6
+    for record, w, example in zip(records, want, raw, strict=True):
+        assert task.t5_input(record).encode() == w["inputs"]
+        if task.kind == "classification":
+            assert record["label"].encode() == w["targets"]
+        else:  # the raw score, exactly (T5's target is it rounded to 0.2)
+            assert np.float32(record["label"]) == example["label"]
+    assert task.metric == next(iter(score_keys(t5["tasks"][name])))
+
+
+def score_keys(task: seqio.Task) -> list[str]:
+    keys = []
+    for fn in task.metric_fns:
+        keys += list(fn([0, 1, 1], [0, 1, 0]))
+    return keys
+
+
+def test_missing_tfds_data_and_hidden_test_labels_are_named(tmp_path, monkeypatch):
+    task = finetune.get("glue_mrpc_v002")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"glue_mrpc_v002.*TFDS 'glue/mrpc:1.0.0' "
+                       r"split 'train'.*tfds build glue/mrpc:1.0.0 --data_dir=DIR"):
+        task.rows("train")
+    with pytest.raises(ValueError, match=r"no split 'test' \(GLUE's test labels are not public"):
+        task.rows("test")
+    with pytest.raises(ValueError, match="glue_mnli_mismatched_v002' has no split 'train'"):
+        finetune.get("glue_mnli_mismatched_v002").rows("train")
+    with pytest.raises(ValueError, match="not a registered fine-tuning task"):
+        finetune.get("glue_no_such_task_v002")
+
+
+def test_electra_fine_tunes_on_glue_mrpc(tmp_path):
+    """The trainer on glue_mrpc_v002 (TFDS mock data) with no task_module: [CLS] A [SEP] B
+    [SEP] rows, and the run's F1 / accuracy are sklearn's on its own predictions."""
+    import sklearn.metrics
+
+    from configs import finetune as finetune_configs
+    from launch import trainer
+    from objectives import registry
+
+    config = finetune_configs.get_config("electra_tiny")
+    config.data.task, config.data.task_module = "glue_mrpc_v002", ""
+    config.train.tensorboard = config.train.console = False
+    config.train.peak_flops, config.train.compilation_cache_dir = 1e9, ""
+    config.train.steps = 4
+    config.mesh.fsdp = 1
+    with tfds.testing.mock_data(num_examples=16):
+        objective = registry.build(config)
+        assert objective.task is glue.FINETUNE_TASKS["glue_mrpc_v002"]
+        examples = objective.task_examples("validation", bundled.VOCAB_PATH, 0)
+        record, row = examples.records[0], examples.rows[0]
+        sp = load_sentencepiece(bundled.VOCAB_PATH)
+        ids = objective.special_ids
+        a, b = sp.encode(record["sentence1"]), sp.encode(record["sentence2"])
+        np.testing.assert_array_equal(row["inputs"],
+                                      [ids["cls"], *a, ids["sep"], *b, ids["sep"]][:len(
+                                          row["inputs"])])
+        summary = trainer.train(config, str(tmp_path))
+    last = summary["eval"][-1]
+    with open(os.path.join(tmp_path, "predictions",
+                           f"validation-{summary['step']}.jsonl")) as f:
+        predictions = [json.loads(line) for line in f]
+    labels = glue.BY_NAME["glue_mrpc_v002"].labels
+    t = [labels.index(p["label"]) for p in predictions]  # the record, + "prediction"
+    p = [labels.index(p["prediction"]) for p in predictions]
+    assert len(t) == 16
+    assert last["eval/accuracy"] == pytest.approx(100 * sklearn.metrics.accuracy_score(t, p))
+    assert last["eval/f1"] == pytest.approx(100 * sklearn.metrics.f1_score(t, p))
