@@ -28,6 +28,8 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from configs import electra as electra_configs
+from configs import t5 as t5_configs
 
 VARIANTS = ("electra_small", "electra_base", "electra_large", "t5", "electra_tiny", "t5_tiny",
             "electra_quickstart", "t5_quickstart")
@@ -95,24 +97,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _electra(config, "tiny", 1e-3, 0.8)
         config.model.vocab_size = 8192  # the bundled vocabulary
         config.model.dropout_rate = 0.0 if variant == "electra_tiny" else 0.1
-        if variant == "electra_quickstart":  # configs/electra.py:quickstart's shapes
-            config.model.d_model = 128
-            config.model.embedding_size = 128
-            config.model.num_heads = 2
-            config.model.head_dim = 64
-            config.model.d_ff = 512
-            config.model.num_layers = 4
+        if variant == "electra_quickstart":
+            config.model.update(electra_configs.QUICKSTART_MODEL)
             config.optimizer.learning_rate = 3e-4
         config.data.inputs_length = 64 if variant == "electra_tiny" else 128
         config.data.batch_size = 8 if variant == "electra_tiny" else 32
     else:  # t5_tiny, t5_quickstart
         _t5(config, "tiny")
         config.model.vocab_size = 8192  # the bundled vocabulary (+ extra ids)
-        if variant == "t5_quickstart":  # configs/t5.py:quickstart's shapes
-            config.model.d_model = 128
-            config.model.num_heads = 4
-            config.model.head_dim = 32
-            config.model.d_ff = 256
+        if variant == "t5_quickstart":
+            config.model.update(t5_configs.QUICKSTART_MODEL)
         config.data.batch_size = 8 if variant == "t5_tiny" else 32
         config.data.inputs_length = 64 if variant == "t5_tiny" else 128
         config.data.targets_length = 16

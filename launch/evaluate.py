@@ -15,8 +15,7 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from launch import evaluation
 
@@ -24,23 +23,16 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(config) -> None:
-    config_flags.DEFINE_config_dict("config", config, "The run's config; override with "
-                                    "--config.KEY=VALUE.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "The fine-tuning run's folder.")
-    flags.DEFINE_string("step", "latest", "latest, best or a step number.")
+    evaluation.define_run_flags(config)
     flags.DEFINE_string("split", "validation", "The task's split to score.")
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from launch import platform
-
-    platform.prefer_cpu_without_accelerators()
+    evaluation.start_cli()
     import jax
 
-    logging.set_verbosity(logging.WARNING)
-    jax.config.update("jax_threefry_partitionable", True)
     workdir, split = FLAGS.workdir, FLAGS.split
     try:
         program, params, step = evaluation.load_program(FLAGS.config, workdir, FLAGS.step)

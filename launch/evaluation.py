@@ -73,6 +73,28 @@ def write_predictions(path: str, records: list[dict], predictions: list[str]) ->
 # ---------------------------------------------------------------------------------------------
 # Loading a run for launch/evaluate.py and launch/predict.py.
 # ---------------------------------------------------------------------------------------------
+def define_run_flags(config: Any) -> None:
+    """``--config`` (the run's config, overridable and locked), ``--workdir``, ``--step``."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_dict("config", config, "The run's config; override with "
+                                    "--config.KEY=VALUE.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "The fine-tuning run's folder.")
+    flags.DEFINE_string("step", "latest", "latest, best or a step number.")
+
+
+def start_cli() -> None:
+    """What every command does before JAX starts: backend choice, quiet logs, the RNG mode."""
+    from absl import logging
+
+    from launch import platform
+
+    platform.prefer_cpu_without_accelerators()
+    logging.set_verbosity(logging.WARNING)
+    jax.config.update("jax_threefry_partitionable", True)
+
+
 def workdir_from_argv(argv: list[str]) -> str:
     """``--workdir=DIR`` (or ``--workdir DIR``) from the command line, before flags exist."""
     for i, arg in enumerate(argv):

@@ -4,7 +4,9 @@ The config is locked, so an override of a key that does not exist fails at start
 resolved config is written to ``DIR/config.json`` (and ``config.txt``) so a run can be
 reproduced from its folder; a later start in the same ``DIR`` resumes from its latest
 checkpoint. Exit code 0 on success and after a SIGTERM/SIGINT (checkpoint saved), 1 when the
-loss became NaN/Inf (the last good checkpoint stays intact).
+loss became NaN/Inf (the last good checkpoint stays intact), 2 when the run cannot start (a bad
+flag or config value, mesh, vocabulary, corpus or checkpoint, a workdir another job holds):
+one line saying what and why; ``--verbose`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -25,7 +27,31 @@ def define_flags() -> None:
         "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
         lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.DEFINE_bool("verbose", False, "Show the traceback of start-up errors.")
     flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad flag or config override (a typo'd key, a wrong type, an
+    unknown variant) answered in one line and exit code 2 instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except Exception as error:  # absl and ml_collections raise many types here
+        if "--verbose" in argv:
+            raise
+        message = str(error).strip()
+        if "Traceback (most recent call last)" in message:  # a config file that raised
+            last = message.splitlines()[-1]
+            message = f"{message.splitlines()[0].split(':', 1)[0]}: {last.split(': ', 1)[-1]}"
+        message = " ".join(message.replace("\\n", " ").replace("\\'", "'").split())
+        if "Did you mean" in message:  # a mistyped key: name the override it came from
+            hint = message[message.index("Did you mean"):].rstrip("'\"")
+            key = message.split("Did you mean")[0].strip(" '\"")
+            override = next((a.split("=", 1)[0] for a in argv
+                             if a.startswith("--config.") and f".{key}=" in a), key)
+            message = f"{override}: no such config key. {hint}"
+        print(f"ERROR: {message} (--verbose shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def write_config(config, workdir: str) -> None:
@@ -60,6 +86,11 @@ def main(argv: list[str]) -> int:
     except trainer.TrainingDiverged as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         return 1
+    except trainer.StartupError as error:
+        if FLAGS.verbose:
+            raise
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)
+        return 2
     if jax.process_index() == 0:
         _print_summary(summary)
         from launch import plot
@@ -97,4 +128,4 @@ if __name__ == "__main__":
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
