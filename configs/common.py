@@ -115,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 10
     config.train.eval_every = 100  # 0 disables periodic evaluation
     config.train.eval_steps = 4  # validation batches per evaluation
+    # Fine-tuning: records of the validation split scored by the task's metrics at each
+    # evaluation (the first N in file order; None: all of them).
+    config.train.task_eval_examples = config_dict.placeholder(int)
     config.train.nan_policy = "stop"  # "stop": raise, checkpoint intact | "skip": drop the update
     config.train.init_from = ""  # a checkpoint dir (pretrax) or an HF dir: params only
     config.train.console = True  # progress line on stdout (process 0)

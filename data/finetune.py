@@ -354,6 +354,11 @@ class FinetuneExamples(IndexedExamples):
     def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
         return self.rows[item]
 
+    def head(self, n: int) -> FinetuneExamples:
+        """The first ``n`` records (evaluation on a subset)."""
+        return FinetuneExamples(self.task, self.kind, self.rows[:n], self.records[:n],
+                                self.task_lengths, self.truncated, self.seed)
+
     def features(self, group: Sequence[Mapping[str, np.ndarray]], pack: bool
                  ) -> dict[str, np.ndarray]:
         """The batch rows of ``group`` (never packed: one record per row)."""

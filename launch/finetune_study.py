@@ -64,6 +64,7 @@ def _finetune(root: str, family: str, task: str, init: str, seed: int, steps: in
     config.optimizer.warmup_steps = steps // 10 if family == "electra" else 0
     config.train.eval_every = max(1, steps // 4)
     config.checkpoint.every = config.train.eval_every
+    config.train.task_eval_examples = 500  # model selection on 500 validation records
     if init == "pretrained":
         config.train.init_from = pretrained
     start = time.time()
