@@ -9,32 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import t5 as t5_configs
 from launch import checkpoint as ckpt_lib
 from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
 from launch import trainer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny(steps=3, **sections):
-    """configs/t5.py:tiny on synthetic data, no periodic eval/checkpoints, fixed peak."""
-    config = t5_configs.get_config("tiny")
-    config.data.source = "synthetic"
-    config.train.steps = steps
-    config.train.eval_every = 0
-    config.train.peak_flops = 1e9
-    config.train.tensorboard = False
-    config.checkpoint.every = 0
-    for key, value in sections.items():
-        section, name = key.split("__")
-        config[section][name] = value
-    return config
-
-
-def losses(workdir):
-    return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
+from tests.helpers import REPO, cli_env, losses, tiny
 
 
 def test_same_losses_on_every_mesh(tmp_path):
@@ -132,8 +111,7 @@ def test_injected_nan_stops_with_the_last_good_checkpoint(tmp_path):
 
 
 def _cli(config, workdir, *overrides, devices=8, timeout=600):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = cli_env(devices)
     return subprocess.run(
         [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}",
          *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
