@@ -15,6 +15,8 @@ Formats (``fmt``):
 Files ending in ``.gz`` are decompressed transparently. Documents are whitespace-stripped.
 
 Bad input:
+  - a file with more invalid UTF-8 sequences than ``max_bad_byte_fraction`` (1%) of its bytes
+    is refused (SourceError naming it: a binary file is not a corpus);
   - invalid UTF-8 bytes are replaced by U+FFFD, counted, and logged once per file (with the
     first bad line);
   - empty / whitespace-only documents are skipped and counted;
@@ -82,6 +84,7 @@ class FileStats:
     bad_records_skipped: int = 0
     bad_byte_replacements: int = 0
     first_bad_byte_line: int = 0
+    bytes_read: int = 0
     chunked_docs: int = 0
     extra_chunks: int = 0
     empty_files: int = 0
@@ -115,6 +118,13 @@ class ReadStats:
 # ---------------------------------------------------------------------------------------------
 # File expansion and sharding.
 # ---------------------------------------------------------------------------------------------
+
+
+# A file whose invalid UTF-8 sequences exceed this fraction of its bytes is refused (a binary
+# file given as a corpus); below it they are replaced and counted. Checked as soon as 64 kB
+# have been read, and at the end of the file.
+max_bad_byte_fraction = 0.01
+_EARLY_CHECK_BYTES = 1 << 16
 
 
 def expand_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -212,11 +222,14 @@ def _iter_line_pieces(path: str, fs: FileStats) -> Iterator[tuple[int, str, bool
                     line_no += 1
                     fs.lines += 1
                 ended = raw.endswith(b"\n") or len(raw) < _READ_BYTES
+                fs.bytes_read += len(raw)
                 _counter.n = 0
                 text = decoder.decode(raw, final=ended)
                 if _counter.n:
                     fs.bad_byte_replacements += _counter.n
                     fs.first_bad_byte_line = fs.first_bad_byte_line or line_no
+                    if fs.bytes_read >= _EARLY_CHECK_BYTES:  # refuse a binary file early
+                        _check_bad_bytes(path, fs)
                 at_line_start = ended
                 yield line_no, text, ended
             if not at_line_start:  # the last line filled its final read block exactly
@@ -432,12 +445,24 @@ def _generate(
             reader = _read_lines(path, fs, max_doc_chars)
         try:
             yield from reader
+            _check_bad_bytes(path, fs)
         finally:
             if fs.bad_byte_replacements:
                 log.warning(
                     "%s: replaced %d invalid UTF-8 byte sequence(s) with U+FFFD (first on "
                     "line %d)", path, fs.bad_byte_replacements, fs.first_bad_byte_line,
                 )
+
+
+def _check_bad_bytes(path: str, fs: FileStats) -> None:
+    limit = max_bad_byte_fraction
+    if fs.bytes_read and fs.bad_byte_replacements / fs.bytes_read > limit:
+        raise SourceError(
+            path, fs.first_bad_byte_line,
+            f"{fs.bad_byte_replacements} invalid UTF-8 sequences in the first {fs.bytes_read} "
+            f"bytes ({100 * fs.bad_byte_replacements / fs.bytes_read:.1f}% > "
+            f"{100 * limit:g}%): this does not look like UTF-8 text. Convert it, leave it out, "
+            "or raise data.sources.max_bad_byte_fraction")
 
 
 def _is_empty(path: str) -> bool:

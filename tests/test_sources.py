@@ -5,6 +5,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 
 from data import build_corpus, bundled, sources
@@ -106,7 +107,26 @@ def test_jsonl_bad_record_names_file_and_line(tmp_path, bad_line, expected):
 # --------------------------------------------------------------------------------------------
 
 
-def test_invalid_utf8_replaced_counted_and_warned_once(tmp_path, caplog):
+def test_a_binary_file_is_refused_early_naming_it(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    path = _write(tmp_path / "weights.bin.txt", data)
+    stats = sources.ReadStats()
+    with pytest.raises(sources.SourceError, match=r"weights.bin.txt.*invalid UTF-8 sequences "
+                       r"in the first \d+ bytes \(\d+\.\d% > 1%\)"):
+        list(sources.read_documents(path, stats=stats))
+    assert stats.files[path].bytes_read < len(data) // 4  # refused before reading it all
+
+
+def test_a_few_bad_bytes_in_real_text_pass(tmp_path):
+    line = b"a perfectly ordinary line of text, with words in it\n"
+    data = line * 2000 + b"one \xff bad byte\n" + line * 2000  # 1 in ~200 kB
+    path = _write(tmp_path / "text.txt", data)
+    docs, stats = _read(path)
+    assert len(docs) == 4001 and stats.files[path].bad_byte_replacements == 1
+
+
+def test_invalid_utf8_replaced_counted_and_warned_once(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(sources, "max_bad_byte_fraction", 0.5)  # 3 bad sequences in 41 bytes
     data = b"good line\nbad \xff\xfe bytes\nmore \xc3\nok \xe2\x82\xac\n"
     path = _write(tmp_path / "latin.txt", data)
     with caplog.at_level(logging.WARNING):
