@@ -16,6 +16,8 @@ deleted.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -42,8 +44,41 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
         lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
 
 
+class DiskFull(OSError):
+    """A checkpoint could not be written for lack of space (the earlier ones are intact)."""
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = f"{type(error).__name__}: {error}"
+        if (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
+                or "RESOURCE_EXHAUSTED" in text):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _size_mb(path: str) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total / 2**20
+
+
 class Checkpointer:
-    """An orbax ``CheckpointManager`` with pretrax's cadence, retention and fallback."""
+    """An orbax ``CheckpointManager`` with pretrax's cadence, retention and fallback.
+
+    A save that runs out of disk space (when it starts, or later while its async part
+    writes) raises :class:`DiskFull` naming the step, the directory, the space a checkpoint
+    needs and the newest intact checkpoint; orbax's half-written temporary directory is
+    removed on the next start (``cleanup_tmp_directories``).
+    """
 
     def __init__(self, directory: str, *, every: int, keep: int, keep_period: int = 0,
                  async_save: bool = True, log: Callable[[str], None] = print):
@@ -71,7 +106,27 @@ class Checkpointer:
             return False
         args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
                                      DATA_ITEM: ocp.args.JsonSave(data_state)})
-        return bool(self.manager.save(step, args=args, force=True))
+        with self._disk_errors(step):
+            self.manager.wait_until_finished()  # a failed earlier async save surfaces here
+            self._pending = step
+            saved = bool(self.manager.save(step, args=args, force=True))
+        return saved
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: int | None):
+        try:
+            yield
+        except Exception as error:
+            if not _is_disk_full(error):
+                raise
+            failed = getattr(self, "_pending", None) or step
+            intact = [s for s in self.all_steps() if s != failed]
+            sizes = [_size_mb(os.path.join(self.directory, str(s))) for s in intact[-1:]]
+            need = f" (a checkpoint takes ~{sizes[0]:.0f} MB)" if sizes and sizes[0] else ""
+            raise DiskFull(
+                f"disk full while saving step {failed} to {self.directory}{need}; "
+                + (f"checkpoint {intact[-1]} is intact" if intact else "no earlier checkpoint")
+                + ". Free space (or point --workdir elsewhere) and rerun to resume.") from error
 
     def restore(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, data_state) of the newest READABLE step, or None when there is none.
@@ -97,11 +152,15 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until the pending async save is committed."""
-        self.manager.wait_until_finished()
+        with self._disk_errors(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with self._disk_errors(None):
+                self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
 
 
 # ---------------------------------------------------------------------------------------------

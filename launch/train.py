@@ -73,6 +73,7 @@ def main(argv: list[str]) -> int:
     # Imported here so --help works without initialising JAX.
     import jax
 
+    from launch import checkpoint as ckpt_lib
     from launch import trainer
 
     # orbax logs every file it writes at INFO; keep the console to the progress line.
@@ -83,7 +84,7 @@ def main(argv: list[str]) -> int:
         write_config(config, workdir)
     try:
         summary = trainer.train(config, workdir)
-    except trainer.TrainingDiverged as error:
+    except (trainer.TrainingDiverged, ckpt_lib.DiskFull) as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         return 1
     except trainer.StartupError as error:
