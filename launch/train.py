@@ -9,28 +9,18 @@ loss became NaN/Inf (the last good checkpoint stays intact).
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from configs import common
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def write_config(config, workdir: str) -> None:
-    """``config.json`` (machine-readable) and ``config.txt`` (ml_collections' own dump)."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(workdir, "config.txt"), "w") as f:
-        f.write(str(config))
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +36,7 @@ def main(argv: list[str]) -> int:
     config, workdir = _CONFIG.value, _WORKDIR.value
     trainer.initialize_distributed(config.distributed)
     if jax.process_index() == 0:
-        write_config(config, workdir)
+        common.write_config(config, workdir)
     try:
         summary = trainer.train(config, workdir)
     except trainer.TrainingDiverged as error:
@@ -81,8 +71,6 @@ def _print_summary(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    from configs import common
-
     try:
         common.check_renamed(sys.argv[1:])
     except ValueError as error:
