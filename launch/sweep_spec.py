@@ -81,9 +81,10 @@ def _format(value: Any) -> str:
 
 
 def values(key: str, vals: Iterable[Any], label: str | None = None) -> list[Point]:
-    """One point per value of ``key``, named ``label=value`` (label: the key minus ``config.``)."""
-    label = label or key.removeprefix("config.")
-    return [Point(f"{label}={_format(v)}", {key: v}) for v in vals]
+    """One point per value of ``key``, named ``label=value`` (label: the key minus ``config.``;
+    ``""`` leaves the key out of run names, e.g. for a key zipped with a named one)."""
+    label = key.removeprefix("config.") if label is None else label
+    return [Point(f"{label}={_format(v)}" if label else "", {key: v}) for v in vals]
 
 
 def seeds(n_or_list: int | Sequence[int]) -> list[Point]:
@@ -252,10 +253,12 @@ def _check_setting(key: str, where: str) -> None:
 
 
 def _make_run(name: str, config_spec: str, overrides: Mapping[str, Any], root: str,
-              run_root: str, after: str | None, sweep_file: str) -> Run:
-    if not all(_NAME.match(part) and part not in (".", "..") for part in name.split("/")):
-        raise SweepError(f"{sweep_file}: run name {name!r} may only hold letters, digits and "
-                         "._=,+@- (stages add one '/')")
+              run_root: str, after: str | None, sweep_file: str, staged: bool) -> Run:
+    """``staged``: ``name`` is ``STAGE/NAME``."""
+    parts = name.split("/", 1) if staged else [name]
+    if not all(_NAME.match(part) and part not in (".", "..") for part in parts):
+        raise SweepError(f"{sweep_file}: run name {parts[-1]!r} may only hold letters, digits "
+                         "and ._=,+@-")
     where = f"{sweep_file}: run {name}"
     config = load_config(config_spec)
     config_overrides, settings = {}, {}
@@ -283,7 +286,8 @@ def expand(sweep: Sweep, root: str, sweep_file: str = "sweep",
     run_root = run_root or root
     prefix = f"{sweep.stage_name}/" if sweep.stages else ""
     runs = [_make_run(prefix + (point.name or sweep.name), sweep.config,
-                      {**sweep.fixed, **point.overrides}, root, run_root, None, sweep_file)
+                      {**sweep.fixed, **point.overrides}, root, run_root, None, sweep_file,
+                      bool(sweep.stages))
             for point in sweep.axes]
     parents = runs
     for stage in sweep.stages:
@@ -294,7 +298,7 @@ def expand(sweep: Sweep, root: str, sweep_file: str = "sweep",
                 name = f"{stage.name}/{base}" + (f",{point.name}" if point.name else "")
                 overrides = {**stage.fixed, **point.overrides, stage.parent_key: parent.workdir}
                 children.append(_make_run(name, stage.config, overrides, root, run_root,
-                                          parent.name, sweep_file))
+                                          parent.name, sweep_file, True))
         runs += children
         parents = children
     seen: dict[str, Run] = {}
