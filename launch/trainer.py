@@ -133,6 +133,26 @@ def initialize_distributed(cfg: Any) -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def _compile_then_meet(program: step_lib.Program, config: Any, evaluates: bool) -> None:
+    """Compiles the steps, then waits for every process at a coordination-service barrier.
+
+    A step's first collective must be joined by every process within gloo's fixed 30 s (CPU
+    collectives), and compiling takes longer than that on a loaded machine: a process that
+    compiled faster than its peer failed with "Gloo context initialization failed:
+    DEADLINE_EXCEEDED" (seen with two SLURM tasks on one busy 2-core node). jit reuses these
+    executables, so step 1 starts on every process at the same moment.
+    """
+    with mesh_lib.use_mesh(program.mesh, program.rules):
+        program.lower().compile()
+        if evaluates:
+            program.eval_step.lower(program.abstract_state["params"], program.abstract_batch(),
+                                    program.eval_key).compile()
+    from jax._src import distributed
+
+    distributed.global_state.client.wait_at_barrier(
+        "pretrax_steps_compiled", config.distributed.initialization_timeout * 1000)
+
+
 def enable_compilation_cache(path: str) -> None:
     """Persists compiled executables under ``path`` so a restart does not recompile."""
     if not path:
@@ -241,6 +261,10 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         eval_inputs.close()
         # Context-free baselines of the same batches (e.g. T5's unigram entropy).
         return {**_mean_metrics(records), **objective.baselines(host_batches)}
+
+    # ===== Several processes: compile, then start together =====
+    if jax.process_count() > 1:
+        _compile_then_meet(program, config, eval_examples is not None)
 
     # ===== Metrics, throughput, signals =====
     writer = metrics_lib.MetricsWriter(
