@@ -72,11 +72,23 @@ def _wait(root, what, predicate, timeout=300):
         states = _states(root)
         if predicate(states):
             return states
+        if any(s.state == "failed" for s in states.values()):
+            break
         time.sleep(0.5)
     squeue = subprocess.run(["squeue"], capture_output=True, text=True).stdout
-    pytest.fail(f"waited {timeout}s for {what}; states "
+    pytest.fail(f"waiting for {what}: states "
                 f"{ {n: (s.state, s.step, s.detail) for n, s in _states(root).items()} }\n"
                 f"{squeue}\n{_logs(root)}", pytrace=False)
+
+
+@pytest.fixture
+def root(tmp_path):
+    """The sweep's root; its SLURM jobs are cancelled when the test ends, however it ends."""
+    yield tmp_path / "root"
+    ids = [s.job["id"] for s in _states(tmp_path / "root").values() if s.job] if (
+        tmp_path / "root" / sweep_state.MANIFEST).exists() else []
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
 
 
 def _scontrol(*args):
@@ -84,8 +96,8 @@ def _scontrol(*args):
     assert result.returncode == 0, result.stderr
 
 
-def test_two_task_run_survives_requeue_and_cancel(slurm, tmp_path):
-    sweep_file, root = tmp_path / "sweep.py", tmp_path / "root"
+def test_two_task_run_survives_requeue_and_cancel(slurm, tmp_path, root):
+    sweep_file = tmp_path / "sweep.py"
     sweep_file.write_text(SWEEP)
     out = sweep_run("--sweep", str(sweep_file), "--root", str(root), "--backend=slurm")
     assert "one: submitted as SLURM job" in out and "two: submitted as SLURM job" in out
