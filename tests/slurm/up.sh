@@ -54,6 +54,11 @@ if [ "${1:-up}" = down ]; then
 fi
 [ "${1:-up}" = up ] || { echo "usage: $0 [up|down]" >&2; exit 2; }
 
+# jax.distributed reaches process 0 by the host name SLURM gives it.
+getent hosts "$NODE" >/dev/null || {
+  echo "tests/slurm/up.sh: host name '$NODE' does not resolve; multi-task jobs need it" \
+    "(add '127.0.1.1 $NODE' to /etc/hosts)" >&2; exit 1; }
+
 # ----- packages -----
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null \
     || ! command -v sbatch >/dev/null; then
@@ -137,12 +142,12 @@ state=""
 for _ in $(seq 150); do
   state=$(sinfo -h -N -n "$NODE" -o %T 2>/dev/null || true)
   case "$state" in
-    idle*|mixed*|allocated*) break ;;
+    idle|mixed|allocated) break ;;
     down*|drain*) $SUDO scontrol update nodename="$NODE" state=resume 2>/dev/null || true ;;
   esac
   sleep 0.2
 done
 case "$state" in
-  idle*|mixed*|allocated*) echo "SLURM up: node $NODE ($CPUS CPUs) $state" ;;
+  idle|mixed|allocated) echo "SLURM up: node $NODE ($CPUS CPUs) $state" ;;
   *) die "node $NODE is '$state', not idle" ;;
 esac
