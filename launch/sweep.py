@@ -133,7 +133,7 @@ def _start(args: argparse.Namespace, name: str, runs: list[Run], chosen: list[Ru
         sweep_backends.submit_slurm(chosen, runs, sweep_name=name, python=args.python)
         print(f"watch with: python -m launch.sweep status --root={args.root}")
         return 0
-    return sweep_tpu.launch(chosen, name, args)
+    return sweep_tpu.launch(chosen, runs, name, args)
 
 
 def main(argv: list[str] | None = None) -> int:

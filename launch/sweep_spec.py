@@ -56,6 +56,7 @@ TPU_KEYS: dict[str, Any] = {
     "provisioning": "on_demand", "slice": None,
     "setup": (),  # shell commands run on every worker after the install (mounts, ...)
     "extra_create_flags": (),
+    "workdir_root": None,  # where runs write on the workers: a path every worker mounts
 }
 NAMESPACES = ("config", "slurm", "tpu", "env")
 _NAME = re.compile(r"^[A-Za-z0-9._=,+@-]+$")

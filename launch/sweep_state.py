@@ -174,14 +174,14 @@ def is_done(run: sweep_spec.Run, records: list[dict[str, Any]] | None = None) ->
     return reached and os.path.isdir(os.path.join(run.workdir, "checkpoints", str(steps)))
 
 
-def local_pid_alive(job: Mapping[str, Any], run: sweep_spec.Run) -> bool:
-    """A local job's process still runs (same host, and its command line names the run)."""
+def pid_alive(job: Mapping[str, Any], pid: Any, needle: str) -> bool:
+    """A process started here still runs (same host, and its command line holds ``needle``)."""
     if job.get("host") != socket.gethostname():
         return False
     try:
-        with open(f"/proc/{int(job['id'])}/cmdline", "rb") as f:
-            return run.workdir.encode() in f.read()
-    except (OSError, ValueError):
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            return needle.encode() in f.read()
+    except (OSError, ValueError, TypeError):
         return False
 
 
@@ -221,13 +221,20 @@ def run_status(run: sweep_spec.Run, slurm_jobs: Mapping[str, tuple[str, str]]) -
         if state in ("pending", "running") or code is None:
             status.state = state
             return status
-    elif job["backend"] == "local" and local_pid_alive(job, run):
+    elif job["backend"] == "local" and pid_alive(job, job["id"], run.workdir):
         status.state, status.detail = "running", f"pid {job['id']}"
         return status
     elif job["backend"] == "tpu_vm":
-        status.detail = "tpu_vm: state from the workdir only"
-        status.state = "running" if records and code is None else "pending"
-        return status
+        if pid_alive(job, job.get("pid"), job.get("script", "")):
+            status.state, status.detail = "running", f"slice {job['id']}"
+            return status
+        if code == 255:  # ssh lost the worker: a spot slice taken back, a maintenance event
+            status.state, status.detail = "preempted", f"slice {job['id']}: ssh exit 255"
+            return status
+        if code == 0 and not os.path.isdir(run.workdir):
+            status.state = "done"
+            status.detail = f"slice {job['id']}: exit 0 (the workdir is not mounted here)"
+            return status
     if code is None:
         status.state, status.detail = "preempted", status.detail or "killed (no exit code)"
     else:
