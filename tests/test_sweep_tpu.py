@@ -9,6 +9,8 @@ ACTIVE, ssh exit 0 (or 255 once, as when a spot slice is taken back).
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -125,3 +127,32 @@ def test_missing_gcloud_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "--backend=tpu_vm needs `gcloud` on PATH" in result.stderr
     assert "nothing was started" in result.stderr and not (tmp_path / "root").exists()
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the Google Cloud CLI is not "
+                    "installed; the recording stand-in above still checks the commands")
+@pytest.mark.parametrize("sweep_file", ["configs/sweeps/t5_1_1_base_v4.py", V5E])
+def test_the_real_gcloud_parses_the_commands(tmp_path, sweep_file):
+    """Every non-ssh call for a sweep's first slice gets past the real gcloud's argument parser:
+    it stops at 'no active account' (no credentials here), never at an unknown flag."""
+    real = shutil.which("gcloud")
+    bin_dir, root, record = tmp_path / "bin", tmp_path / "sweep", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(STAND_IN)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", GCLOUD_RECORD=str(record))
+    sweep_run("--sweep", sweep_file, "--root", str(root), "--backend=tpu_vm", "--execute",
+              *GIT, env=env)
+    calls = [c for c in _calls(record) if c[3] != "ssh"]
+    calls = calls[:[c[3] for c in calls].index("delete") + 1]  # the first slice's
+    assert [c[3] for c in calls if c[3] != "describe"] == ["create", "delete"]
+    calls.append(calls[1] + ["--no-such-flag"])  # the control: a call gcloud must refuse
+    outputs = []
+    for call in calls:
+        result = subprocess.run([real, *call], capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+                                         CLOUDSDK_CORE_DISABLE_PROMPTS="1"))
+        outputs.append(result.stderr)
+    for call, output in zip(calls[:-1], outputs[:-1], strict=True):
+        assert "You do not currently have an active account" in output, (call, output)
+    assert "unrecognized arguments: --no-such-flag" in outputs[-1]
