@@ -12,7 +12,9 @@ Commands:
 - ``status``: one line per run: state (pending, running, done, failed, preempted), step, latest
   loss and evaluation, tokens/s, workdir.
 - ``collect``: ``results.csv``, ``results.md`` and ``curves.png`` under ``--root``.
-- ``retry``: start the failed and preempted runs again, on the backend they last ran on.
+- ``retry``: start the failed and preempted runs again (they resume from their checkpoints).
+
+``--backend`` defaults to the one the sweep last ran on (``local`` for a new sweep).
 
 ``--dry_run`` prints the runs, their overrides and the exact commands, and writes nothing.
 Sweep files are described in ``launch/sweep_spec.py``; run states in ``launch/sweep_state.py``.
@@ -41,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sweep", help="a sweep file, configs/sweeps/NAME.py")
     parser.add_argument("--root", required=True, help="the sweep's directory")
     parser.add_argument("--backend", choices=BACKENDS,
-                        help="where runs execute (default: local; retry: where they last ran)")
+                        help="where runs execute (default: where the sweep ran last, or local)")
     parser.add_argument("--dry_run", action="store_true",
                         help="print runs, overrides and commands; write and start nothing")
     parser.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
@@ -151,11 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     name, sweep_file, runs, fresh = _runs(args)
-    if args.command == "retry":
-        manifest, _ = sweep_state.read_manifest(args.root)
-        backend = args.backend or manifest["backend"]
-    else:
-        backend = args.backend or "local"
+    manifest = (sweep_state.read_manifest(args.root)[0]
+                if os.path.isfile(os.path.join(args.root, sweep_state.MANIFEST)) else None)
+    last_backend = manifest["backend"] if manifest else None
+    backend = args.backend or last_backend or "local"  # where the sweep ran last, by default
     if not args.dry_run:
         if backend == "slurm":
             sweep_backends.check_binaries("slurm", sweep_backends.SLURM_BINARIES)
@@ -179,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         _print_plan(name, runs, backend, args, [])
         return 0
     if not chosen:
-        print(f"nothing to {args.command}: every run is done or active")
+        print("nothing to retry: no run failed or was preempted" if args.command == "retry"
+              else "nothing to launch: every run is done or queued or running")
         print(sweep_report.status_table(_statuses(runs)))
         return 0
-    if backend != (sweep_state.read_manifest(args.root)[0]["backend"]):
-        manifest, _ = sweep_state.read_manifest(args.root)
-        sweep_state.write_manifest(args.root, manifest["sweep_file"], name, backend, runs)
+    if manifest and backend != last_backend:  # status and retry use the backend last used
+        sweep_state.write_manifest(args.root, sweep_file, name, backend, runs)
     return _start(args, name, runs, chosen, backend)
 
 
