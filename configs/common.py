@@ -80,12 +80,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.objective.gen_weight = 1.0
     config.objective.disc_weight = 50.0
     config.objective.main_mlm_weight = 1.0
+    # Fine-tuning (objectives/finetune.py): the ELECTRA classifier head ("electra": [CLS] ->
+    # dropout -> dense, the reference code; "hf": ElectraForSequenceClassification's) and T5's
+    # decoding for predictions (1: greedy; > 1: beam search with that many beams).
+    config.objective.classifier_head = "electra"
+    config.objective.beam_size = 1
 
     # -- data -------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
-    # "bundled" | "files" | "seqio" (config.data.task) | "synthetic" (random ids, benchmarks)
+    # "bundled" | "files" | "seqio" (config.data.task) | "task" (a fine-tuning task) |
+    # "synthetic" (random ids, benchmarks)
     config.data.source = "bundled"
-    config.data.task = ""  # a registered seqio task or mixture, for source="seqio"
+    # A registered seqio task or mixture (source="seqio"), or a fine-tuning task (source="task",
+    # data/finetune.py).
+    config.data.task = ""
+    config.data.task_module = ""  # a module imported first, which may register more tasks
     config.data.train_files = ""  # glob(s), comma-separated, for source="files"
     config.data.validation_files = ""
     config.data.vocab_path = ""  # "" -> the bundled sentencepiece model
@@ -101,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
     # -- train ------------------------------------------------------------------------------
     config.train = ml_collections.ConfigDict()
     config.train.steps = 100
+    # Fine-tuning: passes over the task's training split; when set, steps = ceil(epochs x
+    # examples / batch_size), and the optimizer's total/warm-up steps follow (warmup_fraction).
+    config.train.epochs = config_dict.placeholder(float)
+    config.train.warmup_fraction = config_dict.placeholder(float)
     config.train.microbatches = 1  # gradient accumulation: batch_size / microbatches per pass
     config.train.log_every = 10
     config.train.eval_every = 100  # 0 disables periodic evaluation
@@ -122,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint.keep = 3  # the last K checkpoints...
     config.checkpoint.keep_period = 0  # ...plus every P-th step forever (0: none)
     config.checkpoint.async_save = True
+    # Fine-tuning: keep the params of the best evaluation by the task's main metric in
+    # WORKDIR/best beside the latest checkpoints.
+    config.checkpoint.keep_best = True
 
     # -- mesh and sharding ------------------------------------------------------------------
     config.mesh = ml_collections.ConfigDict()

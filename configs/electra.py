@@ -30,6 +30,10 @@ from modeling import electra
 VARIANTS: tuple[str, ...] = tuple(name for name in electra.PRESETS if name != "tiny") + (
     "tiny", "quickstart")
 
+# The quickstart's model: the tiny preset widened (configs/finetune.py reuses it).
+QUICKSTART_MODEL = dict(d_model=128, embedding_size=128, num_heads=2, head_dim=64, d_ff=512,
+                        num_layers=4)
+
 # Per preset: (sequence length, batch, peak LR, steps), ELECTRA.md's recipe table.
 _RECIPES = {
     "electra_small": (128, 128, 5e-4, 1_000_000),
@@ -79,12 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # fraction), 16 x 128 tokens per step. Embeddings 128 wide: the tiny preset's 16 were
         # measured to hold the generator near unigram level (MLM accuracy 0.06 vs 0.18 at 1k
         # steps).
-        config.model.d_model = 128
-        config.model.embedding_size = 128
-        config.model.num_heads = 2
-        config.model.head_dim = 64
-        config.model.d_ff = 512
-        config.model.num_layers = 4
+        config.model.update(QUICKSTART_MODEL)
         config.data.batch_size = 16
         config.data.inputs_length = 128
         config.train.steps = 1000

@@ -25,6 +25,9 @@ VARIANTS: tuple[str, ...] = tuple(name for name in t5.PRESETS if name != "tiny")
     "tiny", "quickstart")
 
 
+# The quickstart's model: the tiny preset widened (configs/finetune.py reuses it).
+QUICKSTART_MODEL = dict(d_model=128, num_heads=4, head_dim=32, d_ff=256)
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config of one variant (default ``tiny``)."""
     variant = common.parse_arg(arg, VARIANTS, "configs/t5.py")
@@ -50,10 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # warm-up steps is a flat 1/sqrt(1000) = 0.032 then decay (a peak of 0.1 from 100
         # warm-up steps was measured to learn slower: noisier updates).
         config.model.preset = "tiny"
-        config.model.d_model = 128
-        config.model.num_heads = 4
-        config.model.head_dim = 32
-        config.model.d_ff = 256
+        config.model.update(QUICKSTART_MODEL)
         config.model.vocab_size = 8192
         config.data.batch_size = 16
         config.data.inputs_length = 128

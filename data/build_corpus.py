@@ -33,6 +33,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from data import bundled
 
@@ -61,11 +62,14 @@ _TARGET_DOC_CHARS = 2000
 # ---------------------------------------------------------------------------------------------
 
 
-def fetch_packages(debs_dir: str) -> dict[str, str]:
-    """Downloads the pinned .debs into debs_dir unless present; returns {package: deb path}."""
+def fetch_packages(debs_dir: str, packages: tuple[str, ...] = tuple(PACKAGES)
+                   ) -> dict[str, str]:
+    """Downloads the pinned .debs of `packages` into debs_dir unless present; returns
+    {package: deb path}."""
     os.makedirs(debs_dir, exist_ok=True)
     found = {}
-    for pkg, version in PACKAGES.items():
+    for pkg in packages:
+        version = PACKAGES[pkg]
         debs = [f for f in sorted(os.listdir(debs_dir)) if f.startswith(pkg + "_")]
         if not debs:
             subprocess.run(["apt-get", "download", f"{pkg}={version}"], cwd=debs_dir, check=True)
@@ -255,32 +259,71 @@ def python_doc_documents(root: str) -> Iterator[tuple[str, str]]:
 
 
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
+WORDNET_DIR = "usr/share/wordnet"
+WORDNET_POS = ("noun", "verb", "adj", "adv")  # data.<pos> files
+_POS_LETTER = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}  # as pointers write them
 
 
-def wordnet_synset(line: str) -> tuple[int, str] | None:
-    """One data.* line -> (lexicographer file number, "word, word: gloss.")."""
-    if line.startswith("  "):  # license header
+class Synset(NamedTuple):
+    """One synset of a WordNet 3.0 data.<pos> file (format: wndb(5WN))."""
+
+    key: str  # pos letter of the file + offset, e.g. "n02084071": unique in WordNet
+    lex_file: int  # lexicographer file number (lexnames(5WN))
+    words: tuple[str, ...]  # lemmas in order, "_" kept, adjective markers "(a)" removed
+    pointers: tuple[tuple[str, str], ...]  # (symbol, target key), e.g. ("@", "n02083346")
+    gloss: str  # definition and examples, whitespace normalized; may be ""
+
+    @property
+    def has_example(self) -> bool:
+        """Whether the gloss quotes a usage example (the corpus keeps exactly these)."""
+        return '"' in self.gloss
+
+
+def parse_synset(line: str, pos: str) -> Synset | None:
+    """One line of data.<pos> -> Synset; None for the license header."""
+    if line.startswith("  "):
         return None
     head, _, gloss = line.partition(" | ")
     fields = head.split()
     lex_file, n_words = int(fields[1]), int(fields[3], 16)
-    words = [_ADJ_MARKER.sub("", fields[4 + 2 * i]).replace("_", " ") for i in range(n_words)]
-    gloss = normalize_space(gloss)
+    words = tuple(_ADJ_MARKER.sub("", fields[4 + 2 * i]) for i in range(n_words))
+    at = 4 + 2 * n_words
+    n_pointers = int(fields[at])
+    pointers = tuple(
+        (fields[at + 1 + 4 * i], fields[at + 3 + 4 * i] + fields[at + 2 + 4 * i])
+        for i in range(n_pointers)
+    )
+    return Synset(_POS_LETTER[pos] + fields[0], lex_file, words, pointers,
+                  normalize_space(gloss))
+
+
+def read_synsets(root: str, pos: str) -> Iterator[Synset]:
+    """Every synset of data.<pos> under an extracted wordnet-base, in file order."""
+    with open(os.path.join(root, WORDNET_DIR, f"data.{pos}"), encoding="utf-8") as f:
+        for line in f:
+            synset = parse_synset(line, pos)
+            if synset is not None:
+                yield synset
+
+
+def wordnet_synset(synset: Synset) -> str | None:
+    """-> "word, word: gloss." as the corpus renders it; None without a gloss."""
+    gloss = synset.gloss
     if not gloss:
         return None
     if gloss[-1] not in ".!?\"'":
         gloss += "."
-    return lex_file, f"{', '.join(dict.fromkeys(words))}: {gloss}"
+    words = [w.replace("_", " ") for w in synset.words]
+    return f"{', '.join(dict.fromkeys(words))}: {gloss}"
 
 
 def wordnet_documents(root: str) -> Iterator[tuple[str, str]]:
-    for pos in ("noun", "verb", "adj", "adv"):
+    for pos in WORDNET_POS:
         by_file: dict[int, list[str]] = {}
-        with open(os.path.join(root, "usr/share/wordnet", f"data.{pos}"), encoding="utf-8") as f:
-            for line in f:
-                parsed = wordnet_synset(line)
-                if parsed and (not _WORDNET_NEEDS_EXAMPLE or '"' in parsed[1]):
-                    by_file.setdefault(parsed[0], []).append(parsed[1])
+        for synset in read_synsets(root, pos):
+            text = wordnet_synset(synset)
+            if text and (not _WORDNET_NEEDS_EXAMPLE or synset.has_example):
+                by_file.setdefault(synset.lex_file, []).append(text)
         for lex_file in sorted(by_file):
             entries = by_file[lex_file]
             for start in range(0, len(entries), _WORDNET_PER_DOC):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from data import electra_examples
+from data import electra_examples, features
 from data.cache import CorpusTokens, load_sentencepiece, tokenize_corpus
 from objectives import span_corruption
 from objectives.denoising import SPAN_CORRUPTION, Denoiser
@@ -97,6 +97,17 @@ class IndexedExamples(abc.ABC):
     def examples(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
         """[self.example(i) for i in indices]; subclasses make them faster together."""
         return [self.example(i) for i in indices]
+
+    def features(self, group: Sequence[Mapping[str, np.ndarray]], pack: bool
+                 ) -> dict[str, np.ndarray]:
+        """The model's batch rows of ``group`` (consecutive examples of one stream): packed in
+        seqio's groups or one per row, then named as seqio's feature converters name them."""
+        if pack:
+            rows = features.pack_group(group, self.task_lengths)
+        else:
+            rows = features.pad_examples(group, self.task_lengths)
+        convert = features.encdec_features if self.kind == "encdec" else features.encoder_features
+        return convert(rows, pack)
 
     @abc.abstractmethod
     def _make(self, item: int, index: int) -> dict[str, np.ndarray]:

@@ -89,12 +89,7 @@ def make_group(examples: IndexedExamples, stream: int, num_streams: int, group_s
     """The feature rows of one packing group of one stream: a pure function of its arguments."""
     group = examples.examples([stream_example_index(examples.num_items, num_streams, stream, j)
                                for j in range(group_start, group_start + group_size)])
-    if pack:
-        rows = features.pack_group(group, examples.task_lengths)
-    else:
-        rows = features.pad_examples(group, examples.task_lengths)
-    convert = features.encdec_features if examples.kind == "encdec" else features.encoder_features
-    return convert(rows, pack)
+    return examples.features(group, pack)
 
 
 _WORKER_EXAMPLES: IndexedExamples | None = None

@@ -31,7 +31,6 @@ the row, so this only changes tiny (< 128 wide) models, which we factor and T5X 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -194,20 +193,3 @@ def scale_by_axis_factored_rms(
 
     return optax.GradientTransformation(init_fn, update_fn)
 
-
-def adafactor(
-    learning_rate: float | Callable[[jax.Array], jax.Array],
-    param_axes: Any,
-    decay_rate: float = 0.8,
-    epsilon1: float = 1e-30,
-    clipping_threshold: float | None = 1.0,
-    multiply_by_parameter_scale: bool = True,
-    epsilon2: float = 1e-3,
-    factor_rules: dict[str, str] | None = None,
-) -> optax.GradientTransformation:
-    """T5X Adafactor (no momentum, no weight decay) with a learning rate or schedule."""
-    return optax.chain(
-        scale_by_axis_factored_rms(param_axes, decay_rate, epsilon1, clipping_threshold,
-                                   multiply_by_parameter_scale, epsilon2, factor_rules),
-        optax.scale_by_learning_rate(learning_rate),
-    )

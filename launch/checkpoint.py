@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -114,7 +115,7 @@ def is_hf_dir(path: str) -> bool:
         return "model_type" in json.load(f)
 
 
-def _resolve_step_dir(path: str) -> str:
+def resolve_step_dir(path: str) -> str:
     """A workdir, a ``checkpoints`` dir or a step dir -> the newest step dir."""
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, STATE_ITEM)):
@@ -132,7 +133,7 @@ def _resolve_step_dir(path: str) -> str:
 def load_params(path: str, abstract_params: Any) -> Any:
     """Params from a pretrax checkpoint (optimizer state ignored), laid out like
     ``abstract_params`` (``abstract_like(params, shardings)``)."""
-    step_dir = _resolve_step_dir(path)
+    step_dir = resolve_step_dir(path)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
                                 abstract_params)
     checkpointer = ocp.PyTreeCheckpointer()
@@ -169,3 +170,54 @@ def check_shapes(params: Any, abstract_params: Any, source: str) -> None:
         raise ValueError(f"init_from {source}: params do not match the configured model; "
                          f"missing {missing}, unexpected {extra}, wrong shapes "
                          f"{[(k, got_paths[k], want_paths[k]) for k in wrong]}")
+
+
+def read_params(path: str) -> Any:
+    """The params of a pretrax checkpoint as host NumPy arrays, in the layout they were saved
+    (for warm starts that change the layout, e.g. a classifier from a pretraining run)."""
+    step_dir = resolve_step_dir(path)
+    item = os.path.join(step_dir, STATE_ITEM)
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        tree = checkpointer.metadata(item)
+        tree = getattr(tree, "item_metadata", tree)
+        tree = getattr(tree, "tree", tree)
+        params_meta = tree["params"]
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                    params_meta)
+        restored = checkpointer.restore(
+            item, args=ocp.args.PyTreeRestore(item={"params": params_meta},
+                                              restore_args={"params": restore_args},
+                                              partial_restore=True))
+    except Exception as error:
+        raise ValueError(f"init_from: cannot read params from {step_dir}: {error}") from error
+    return restored["params"]
+
+
+BEST_DIR = "best"
+
+
+def best_record(workdir: str) -> dict | None:
+    """``WORKDIR/best/best.json`` ({step, metric, value}) or None."""
+    path = os.path.join(workdir, BEST_DIR, "best.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_best(workdir: str, params: Any, step: int, metric: str, value: float) -> None:
+    """Keeps ``params`` as the best so far: ``WORKDIR/best/checkpoints/STEP`` + ``best.json``
+    (a collective on multi-host; process 0 drops the previous best afterwards)."""
+    directory = os.path.join(workdir, BEST_DIR)
+    save_params(directory, params, step)
+    if jax.process_index() != 0:
+        return
+    steps_dir = os.path.join(directory, CHECKPOINT_DIR)
+    for name in os.listdir(steps_dir):
+        if name.isdigit() and int(name) != step:
+            shutil.rmtree(os.path.join(steps_dir, name), ignore_errors=True)
+    tmp = os.path.join(directory, "best.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"step": step, "metric": metric, "value": value}, f)
+    os.replace(tmp, os.path.join(directory, "best.json"))

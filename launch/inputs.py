@@ -15,6 +15,8 @@ examples are is the objective's business (``objective.make_examples``, ``synthet
   converter, each process reading its ``seqio.ShardInfo`` shard. Its state is the number of
   batches consumed; a resume skips that many (tf.data re-reads them: the cost of a streaming
   source) and needs the same process count (the shards follow it).
+- ``source="task"``: a fine-tuning task's split (``data/finetune.py``), one record per row,
+  through the same pipeline (epochs are seeded permutations; resumable the same way).
 - ``source="synthetic"``: the objective's random ids, a pure function of (seed, batch index),
   for benchmarks and for tests that must not depend on a corpus.
 
@@ -36,7 +38,7 @@ from data import bundled, pipeline
 from data import vocab as vocab_lib
 from objectives.base import HostBatch, Objective
 
-SOURCES = ("bundled", "files", "seqio", "synthetic")
+SOURCES = ("bundled", "files", "seqio", "task", "synthetic")
 # Validation draws from a different synthetic stream than training.
 _SYNTHETIC_VALIDATION_OFFSET = 1_000_003
 
@@ -72,6 +74,13 @@ def make_examples(config: Any, objective: Objective, split: str
         return _seqio_examples(config, objective, split)
     path = vocab_lib.path_of(config)
     vocab_lib.check_vocab_fits(objective.vocab_size, vocab_lib.vocabulary_size(path))
+    if source == "task":
+        if objective.task_examples is None:
+            raise ValueError(f"config.data.source='task' is for fine-tuning objectives; "
+                             f"objective {objective.name!r} pretrains on text (bundled, files, "
+                             "seqio or synthetic)")
+        return _checked(objective, objective.task_examples(split, path, config.seed),
+                        f"config.data.task={config.data.task!r}")
     examples = objective.make_examples(_files(config, split), path, config.seed)
     return _checked(objective, examples, f"config.data.source={source!r}")
 

@@ -39,19 +39,25 @@ from ml_collections import config_flags
 
 from launch import plan_chips, plan_report
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and variant, e.g. configs/t5.py:t5_1_1_xxl.", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "TPU topology (v4:4x4x8, v5e:16x16, v5p:4x4x4, v6e:4x4) or GPUs (h100:64).")
-_MFU = flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation for the time estimate.")
-_NO_SCAN = flags.DEFINE_bool("no_scan", False, "Plan the unrolled program (slow for deep models).")
-_CPU = flags.DEFINE_bool("cpu", False, "Compile for CPU devices even when libtpu is installed.")
-_SWEEP = flags.DEFINE_bool("sweep", False, "Plan every mesh / remat / microbatch combination.")
-_SWEEP_MODEL = flags.DEFINE_list("sweep_model", None,
-                                 "Sweep: model-axis sizes (default: 1 and the config's).")
-_SWEEP_REMAT = flags.DEFINE_list("sweep_remat", ["none", "full"], "Sweep: remat policies.")
-_SWEEP_MICRO = flags.DEFINE_list("sweep_microbatches", ["1", "4"], "Sweep: microbatch counts.")
-flags.mark_flags_as_required(["config", "topology"])
+FLAGS = flags.FLAGS
+
+def define_flags() -> None:
+    """The command line's flags; defined only when run as a program, so importing this module
+    next to ``launch.train`` (in one test process) does not define ``--config`` twice."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file and variant, e.g. configs/t5.py:t5_1_1_xxl.",
+        lock_config=True)
+    flags.DEFINE_string(
+        "topology", None,
+        "TPU topology (v4:4x4x8, v5e:16x16, v5p:4x4x4, v6e:4x4) or GPUs (h100:64).")
+    flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation for the time estimate.")
+    flags.DEFINE_bool("no_scan", False, "Plan the unrolled program (slow for deep models).")
+    flags.DEFINE_bool("cpu", False, "Compile for CPU devices even when libtpu is installed.")
+    flags.DEFINE_bool("sweep", False, "Plan every mesh / remat / microbatch combination.")
+    flags.DEFINE_list("sweep_model", None, "Sweep: model-axis sizes (default: 1 and the config's).")
+    flags.DEFINE_list("sweep_remat", ["none", "full"], "Sweep: remat policies.")
+    flags.DEFINE_list("sweep_microbatches", ["1", "4"], "Sweep: microbatch counts.")
+    flags.mark_flags_as_required(["config", "topology"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,11 +298,11 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        target = plan_chips.parse_target(_TOPOLOGY.value)
+        target = plan_chips.parse_target(FLAGS.topology)
     except ValueError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
-    use_cpu = _CPU.value or plan_chips.libtpu_version() is None
+    use_cpu = FLAGS.cpu or plan_chips.libtpu_version() is None
     if target.topology is not None and use_cpu:
         # The CPU fallback needs one CPU device per chip; set before JAX's backend starts.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
@@ -304,24 +310,24 @@ def main(argv: list[str]) -> int:
     import jax
 
     jax.config.update("jax_platforms", "cpu")  # execution stays on CPU; TPUs are only described
-    config = _CONFIG.value
-    config.model.scan_layers = not _NO_SCAN.value
+    config = FLAGS.config
+    config.model.scan_layers = not FLAGS.no_scan
     try:
-        devices, compiler = devices_for(target, _CPU.value)
-        if not _SWEEP.value:
-            plan = make_plan(config, target, devices, compiler, mfu=_MFU.value,
+        devices, compiler = devices_for(target, FLAGS.cpu)
+        if not FLAGS.sweep:
+            plan = make_plan(config, target, devices, compiler, mfu=FLAGS.mfu,
                              label=" ".join(sys.argv[1:]))
             print(plan_report.render(plan), flush=True)
             if not plan.fits:
                 print(plan_report.advice(plan), file=sys.stderr, flush=True)
                 return 1
             return 0
-        models = [int(m) for m in (_SWEEP_MODEL.value or sorted({1, config.mesh.model}))]
+        models = [int(m) for m in (FLAGS.sweep_model or sorted({1, config.mesh.model}))]
         plans = []
-        for label, c in sweep_configs(config, models, _SWEEP_REMAT.value,
-                                      [int(m) for m in _SWEEP_MICRO.value]):
+        for label, c in sweep_configs(config, models, FLAGS.sweep_remat,
+                                      [int(m) for m in FLAGS.sweep_microbatches]):
             try:
-                plans.append(make_plan(c, target, devices, compiler, mfu=_MFU.value,
+                plans.append(make_plan(c, target, devices, compiler, mfu=FLAGS.mfu,
                                        label=label))
             except ValueError as error:  # a mesh or microbatch count that does not divide
                 plans.append(label + f": not valid ({error})")
@@ -334,4 +340,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

@@ -52,6 +52,8 @@ class Program:
     batch_sharding: NamedSharding
     train_step: Callable[[Any, dict], tuple[Any, dict]]  # jitted, donates the state
     eval_step: Callable[[Any, dict, jax.Array], dict]  # jitted
+    # jitted objective.predict_fn (fine-tuning objectives), replicated outputs; else None
+    predict_step: Callable[[Any, dict], jax.Array] | None
     _init_fn: Callable[[], Any]
     _boxed_shardings: Any
 
@@ -96,8 +98,15 @@ def build(config: Any, mesh: Mesh | None = None,
     abstract_params = jax.eval_shape(objective.init_fn, init_key)["params"]
     mesh_lib.validate(mesh, rules, abstract_params=abstract_params,
                       global_batch_size=config.data.batch_size, num_microbatches=microbatches)
+    depths = (objective.param_depths(meta.unbox(abstract_params))
+              if objective.param_depths is not None else None)
+    if config.optimizer.layerwise_lr_decay != 1.0 and depths is None:
+        raise ValueError(f"config.optimizer.layerwise_lr_decay="
+                         f"{config.optimizer.layerwise_lr_decay} needs a fine-tuning objective "
+                         f"that knows layer depths; {objective.name!r} does not (set it to 1.0)")
     tx = optim.make_optimizer(config.optimizer,
-                              param_axes=mesh_lib.logical_specs(abstract_params))
+                              param_axes=mesh_lib.logical_specs(abstract_params),
+                              param_depths=depths, num_layers=objective.num_layers)
     schedule = optim.make_schedule(config.optimizer)
 
     def init_fn():
@@ -154,8 +163,14 @@ def build(config: Any, mesh: Mesh | None = None,
                            out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     jitted_eval = jax.jit(eval_step, in_shardings=(state_shardings["params"], batch_sharding,
                                                    None), out_shardings=replicated)
+    jitted_predict = None
+    if objective.predict_fn is not None:
+        jitted_predict = jax.jit(objective.predict_fn,
+                                 in_shardings=(state_shardings["params"], batch_sharding),
+                                 out_shardings=replicated)
     return Program(objective=objective, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
                    init_key=init_key, train_key=train_key, eval_key=eval_key,
                    abstract_state=abstract_state, state_shardings=state_shardings,
                    batch_sharding=batch_sharding, train_step=jitted_train,
-                   eval_step=jitted_eval, _init_fn=init_fn, _boxed_shardings=boxed_shardings)
+                   eval_step=jitted_eval, predict_step=jitted_predict, _init_fn=init_fn,
+                   _boxed_shardings=boxed_shardings)

@@ -4,8 +4,10 @@ run). The Cloud TPU backend, which writes ``gcloud`` commands, is ``launch/sweep
 Every run executes ``launch.train`` with its locked config
 (``--config=configs/resolved.py:RUN/config.json``) and its workdir, so it resumes from the
 newest checkpoint there when it is started again, whoever starts it. Every process of a run
-gets ``PRETRAX_RUN_ID=SWEEP/RUN``: the same id for every attempt of the run (a requeued SLURM
-job, a retry), different for any other run.
+gets ``PRETRAX_JOB_ID=SWEEP/RUN``, the job the workdir lock (launch/lock.py) belongs to: the
+same for every attempt of the run (a requeued SLURM job, a retry), so it gets through; different
+for any other run, so that one is kept out. The sweep itself never starts a run that is queued
+or running.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def train_command(run: Run, python: str) -> list[str]:
 
 
 def run_env(run: Run, sweep_name: str) -> dict[str, str]:
-    return {"PRETRAX_RUN_ID": f"{sweep_name}/{run.name}", **run.env()}
+    return {"PRETRAX_JOB_ID": f"{sweep_name}/{run.name}", **run.env()}
 
 
 def check_binaries(backend: str, names: Sequence[str]) -> None:

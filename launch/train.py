@@ -4,7 +4,9 @@ The config is locked, so an override of a key that does not exist fails at start
 resolved config is written to ``DIR/config.json`` (and ``config.txt``) so a run can be
 reproduced from its folder; a later start in the same ``DIR`` resumes from its latest
 checkpoint. Exit code 0 on success and after a SIGTERM/SIGINT (checkpoint saved), 1 when the
-loss became NaN/Inf (the last good checkpoint stays intact).
+loss became NaN/Inf (the last good checkpoint stays intact), 2 when the run cannot start (a bad
+flag or config value, mesh, vocabulary, corpus or checkpoint, a workdir another job holds):
+one line saying what and why; ``--verbose`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -16,16 +18,48 @@ from ml_collections import config_flags
 
 from configs import common
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined only when run as a program: tests import this module beside other CLIs."""
+    config_flags.DEFINE_config_file(
+        "config", None, "A config file and its variant: configs/FILE.py:VARIANT.",
+        lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.DEFINE_bool("verbose", False, "Show the traceback of start-up errors.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad flag or config override (a typo'd key, a wrong type, an
+    unknown variant) answered in one line and exit code 2 instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except Exception as error:  # absl and ml_collections raise many types here
+        if "--verbose" in argv:
+            raise
+        message = str(error).strip()
+        if "Traceback (most recent call last)" in message:  # a config file that raised
+            last = message.splitlines()[-1]
+            message = f"{message.splitlines()[0].split(':', 1)[0]}: {last.split(': ', 1)[-1]}"
+        message = " ".join(message.replace("\\n", " ").replace("\\'", "'").split())
+        if "Did you mean" in message:  # a mistyped key: name the override it came from
+            hint = message[message.index("Did you mean"):].rstrip("'\"")
+            key = message.split("Did you mean")[0].strip(" '\"")
+            override = next((a.split("=", 1)[0] for a in argv
+                             if a.startswith("--config.") and f".{key}=" in a), key)
+            message = f"{override}: no such config key. {hint}"
+        print(f"ERROR: {message} (--verbose shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from launch import platform
+
+    platform.prefer_cpu_without_accelerators()
     # Imported here so --help works without initialising JAX.
     import jax
 
@@ -33,15 +67,20 @@ def main(argv: list[str]) -> int:
 
     # orbax logs every file it writes at INFO; keep the console to the progress line.
     logging.set_verbosity(logging.WARNING)
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    trainer.initialize_distributed(config.distributed)
-    if jax.process_index() == 0:
-        common.write_config(config, workdir)
+    config, workdir = FLAGS.config, FLAGS.workdir
     try:
+        trainer.initialize_distributed(config.distributed)
+        if jax.process_index() == 0:
+            common.write_config(config, workdir)
         summary = trainer.train(config, workdir)
     except trainer.TrainingDiverged as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         return 1
+    except trainer.StartupError as error:
+        if FLAGS.verbose:
+            raise
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)
+        return 2
     if jax.process_index() == 0:
         _print_summary(summary)
         from launch import plot
@@ -76,4 +115,5 @@ if __name__ == "__main__":
     except ValueError as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
-    app.run(lambda argv: sys.exit(main(argv)))
+    define_flags()
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

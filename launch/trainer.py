@@ -11,6 +11,8 @@ launch/step.py; ``jax_threefry_partitionable`` makes it independent of the shard
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
@@ -24,16 +26,36 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from data import vocab as vocab_lib
 from launch import checkpoint as ckpt_lib
+from launch import evaluation
 from launch import inputs as inputs_lib
+from launch import lock as lock_lib
 from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
 from launch import step as step_lib
+from objectives import registry
 
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN/Inf with ``nan_policy="stop"``."""
+
+
+class StartupError(ValueError):
+    """The run could not start (config, mesh, data, vocabulary, checkpoint, workdir lock)."""
+
+
+@contextlib.contextmanager
+def _startup_errors():
+    """Re-raises what goes wrong before the first step as a :class:`StartupError`."""
+    try:
+        yield
+    except StartupError:
+        raise
+    except (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError,
+            PermissionError) as error:
+        message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
+        raise StartupError(message) from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +96,7 @@ def slurm_arguments(env: Mapping[str, str]) -> dict[str, Any] | None:
         return None
     if "SLURM_STEP_NODELIST" not in env:
         if int(env.get("SLURM_NTASKS", "1")) > 1:
-            raise RuntimeError(
+            raise StartupError(
                 f"this process runs in SLURM job {env['SLURM_JOB_ID']} of "
                 f"{env['SLURM_NTASKS']} tasks but outside a job step; start every task with "
                 "`srun python -m launch.train ...`, or pass --config.distributed.mode=off to "
@@ -201,6 +223,36 @@ def _mean_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
 def train(config: Any, workdir: str) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint); returns a summary.
 
+    The workdir is locked for the job (launch/lock.py) while it trains; a start-up problem
+    raises :class:`StartupError`. Summary: see :func:`_train`.
+    """
+    initialize_distributed(config.distributed)
+    is_main = jax.process_index() == 0
+    lock = lock_lib.WorkdirLock(workdir, log=print) if is_main else None
+    refusal = ""
+    if lock is not None:
+        try:
+            lock.acquire()
+        except lock_lib.WorkdirBusy as error:
+            refusal = str(error)
+    if jax.process_count() > 1:  # every process stops when process 0 could not lock
+        from jax.experimental import multihost_utils
+
+        refused = bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(refusal))))
+    else:
+        refused = bool(refusal)
+    if refused:
+        raise StartupError(refusal or "the workdir is in use by another job (see process 0)")
+    try:
+        return _train(config, workdir)
+    finally:
+        if lock is not None and not refusal:
+            lock.release()
+
+
+def _train(config: Any, workdir: str) -> dict[str, Any]:
+    """The run itself (the workdir already locked).
+
     Summary keys: ``step`` (last step trained), ``start_step``, ``last`` (last logged record),
     ``eval`` (list of evaluation records), ``stopped_by_signal``, ``objective`` (what was
     trained, for the caller's report) and, for small single-process runs with
@@ -212,55 +264,67 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     enable_compilation_cache(config.train.compilation_cache_dir)
     is_main = jax.process_index() == 0
 
-    # ===== The program: mesh, objective, optimizer, shardings, jitted steps (no arrays yet) =====
-    program = step_lib.build(config)
-    objective, mesh = program.objective, program.mesh
+    # Everything up to the first step: a bad config, mesh, vocabulary, corpus or checkpoint
+    # is a StartupError (one sentence, exit code 2 from launch/train.py).
+    with _startup_errors():
+        # ===== The program: mesh, objective, optimizer, shardings, jitted steps (no arrays) =====
+        objective = registry.build(config)
+        train_examples = inputs_lib.make_examples(config, objective, "train")
+        config = _resolve_epochs(config, train_examples, workdir, is_main)
+        program = step_lib.build(config, objective=objective)
+        mesh = program.mesh
 
-    # ===== Restore the latest checkpoint, or warm-start from init_from =====
-    log = print if is_main and config.train.console else (lambda message: None)
-    checkpointer = ckpt_lib.Checkpointer(
-        ckpt_lib.checkpoint_dir(workdir), every=config.checkpoint.every,
-        keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
-        async_save=config.checkpoint.async_save, log=log)
-    data_state = None
-    restored = checkpointer.restore(program.abstract_state)
-    if restored is not None:
-        start_step, state, data_state = restored
-        log(f"resumed from {checkpointer.directory}/{start_step}")
-    else:
-        start_step = 0
-        # Sharded init: every array is created on the devices that hold it.
-        state = program.init_state()
-        if config.train.init_from:
-            state["params"] = _warm_start(config.train.init_from,
-                                          program.abstract_state["params"],
-                                          config.model.scan_layers)
-            log(f"initialised params from {config.train.init_from}")
-    if int(state["step"]) != start_step:
-        raise ValueError(f"checkpoint step {start_step} holds state.step={int(state['step'])}")
+        # ===== Restore the latest checkpoint, or warm-start from init_from =====
+        log = print if is_main and config.train.console else (lambda message: None)
+        checkpointer = ckpt_lib.Checkpointer(
+            ckpt_lib.checkpoint_dir(workdir), every=config.checkpoint.every,
+            keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
+            async_save=config.checkpoint.async_save, log=log)
+        data_state = None
+        restored = checkpointer.restore(program.abstract_state)
+        if restored is not None:
+            start_step, state, data_state = restored
+            log(f"resumed from {checkpointer.directory}/{start_step}")
+        else:
+            start_step = 0
+            # Sharded init: every array is created on the devices that hold it.
+            state = program.init_state()
+            if config.train.init_from:
+                state["params"] = _warm_start(config.train.init_from, program, state["params"],
+                                              config.model.scan_layers)
+                log(f"initialised params from {config.train.init_from}")
+        if int(state["step"]) != start_step:
+            raise ValueError(f"checkpoint step {start_step} holds state.step={int(state['step'])}")
 
-    # ===== Input pipelines =====
-    batch_sharding = program.batch_sharding
-    train_inputs = inputs_lib.make_inputs(
-        config, objective, inputs_lib.make_examples(config, objective, "train"),
-        batch_sharding, data_state)
-    eval_examples = (inputs_lib.make_examples(config, objective, "validation")
-                     if config.train.eval_every > 0 or config.train.showcase else None)
+        # ===== Input pipelines =====
+        batch_sharding = program.batch_sharding
+        train_inputs = inputs_lib.make_inputs(config, objective, train_examples, batch_sharding,
+                                              data_state)
+        eval_examples = (inputs_lib.make_examples(config, objective, "validation")
+                         if config.train.eval_every > 0 or config.train.showcase else None)
+        if getattr(train_examples, "truncated", 0):
+            log(f"{train_examples.truncated} of {train_examples.num_items} training records were "
+                "truncated to fit config.data.*_length")
 
-    def evaluate(params) -> dict[str, float]:
-        # A fresh pipeline each time: every evaluation sees the same validation batches.
-        eval_inputs = inputs_lib.make_inputs(config, objective, eval_examples, batch_sharding,
-                                             prefetch=0, split="validation")
-        records, host_batches = [], []
-        for i in range(config.train.eval_steps):
-            batch = next(eval_inputs)
-            records.append(jax.device_get(program.eval_step(
-                params, batch, jax.random.fold_in(program.eval_key, i))))
-            if jax.process_count() == 1:
-                host_batches.append(jax.device_get(batch))
-        eval_inputs.close()
-        # Context-free baselines of the same batches (e.g. T5's unigram entropy).
-        return {**_mean_metrics(records), **objective.baselines(host_batches)}
+        def evaluate(params, step: int) -> dict[str, float]:
+            # A fresh pipeline each time: every evaluation sees the same validation batches.
+            eval_inputs = inputs_lib.make_inputs(config, objective, eval_examples, batch_sharding,
+                                                 prefetch=0, split="validation")
+            records, host_batches = [], []
+            for i in range(config.train.eval_steps):
+                batch = next(eval_inputs)
+                records.append(jax.device_get(program.eval_step(
+                    params, batch, jax.random.fold_in(program.eval_key, i))))
+                if jax.process_count() == 1:
+                    host_batches.append(jax.device_get(batch))
+            eval_inputs.close()
+            # Context-free baselines of the same batches (e.g. T5's unigram entropy).
+            out = {**_mean_metrics(records), **objective.baselines(host_batches)}
+            if program.predict_step is not None:
+                # A fine-tuning task: its own metrics over the whole validation split.
+                out.update(evaluation.task_metrics(program, params, eval_examples, os.path.join(
+                    workdir, "predictions", f"validation-{step}.jsonl")))
+            return out
 
     # ===== Several processes: compile, then start together =====
     if jax.process_count() > 1:
@@ -282,11 +346,23 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         f"{dict(mesh.shape)}, rules {config.sharding!r}, batch {config.data.batch_size}, "
         f"{objective.flops_per_step / 1e9:.2f} GFLOP/step, peak {peak / 1e9:.0f} GFLOP/s")
 
+    best = ckpt_lib.best_record(workdir)
+
     def run_eval(step: int) -> None:
-        record = writer.write(step, {f"eval/{k}": v for k, v in evaluate(state["params"]).items()})
+        nonlocal best
+        record = writer.write(step, {f"eval/{k}": v
+                                     for k, v in evaluate(state["params"], step).items()})
         summary["eval"].append(record)
         log(f"eval @ step {step}: " + ", ".join(f"{k[5:]} {v:.4f}" for k, v in record.items()
                                                  if k != "step"))
+        if objective.task is not None and config.checkpoint.keep_best and step > 0:
+            metric = objective.task.metric
+            value = record[f"eval/{metric}"]
+            if best is None or value > best["value"]:
+                ckpt_lib.save_best(workdir, state["params"], step, metric, value)
+                best = {"step": step, "metric": metric, "value": value}
+                log(f"best {metric} so far: {value:.4f} at step {step} (kept in "
+                    f"{workdir}/{ckpt_lib.BEST_DIR})")
         throughput.restart()
 
     def save(step: int) -> None:
@@ -356,13 +432,51 @@ def _showcase(config: Any, program: step_lib.Program, params: Any, examples: Any
                               vocab_lib.path_of(config))
 
 
-def _warm_start(path: str, abstract_params: Any, scan_layers: bool = False) -> Any:
-    """Params from a pretrax checkpoint or a Hugging Face directory, laid out for this run."""
+def _warm_start(path: str, program: step_lib.Program, fresh: Any, scan_layers: bool) -> Any:
+    """Params from a pretrax checkpoint or a Hugging Face directory, laid out for this run.
+
+    An objective with ``adapt_params`` (fine-tuning) maps the source's layout onto its own
+    (e.g. a pretraining run's discriminator into a classifier; a new head from ``fresh``).
+    """
+    abstract_params = program.abstract_state["params"]
+    adapt = program.objective.adapt_params
     if ckpt_lib.is_hf_dir(path):
         from modeling import hf
 
         _, params = hf.from_hf(path, scan_layers=scan_layers)
-        ckpt_lib.check_shapes(params, abstract_params, path)
-        return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding),
-                            params, abstract_params)
-    return ckpt_lib.load_params(path, abstract_params)
+    elif adapt is not None:
+        params = ckpt_lib.read_params(path)
+    else:
+        return ckpt_lib.load_params(path, abstract_params)
+    if adapt is not None:
+        params = adapt(params, jax.device_get(fresh))
+    ckpt_lib.check_shapes(params, abstract_params, path)
+    return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding),
+                        params, abstract_params)
+
+
+def _resolve_epochs(config: Any, examples: Any, workdir: str, is_main: bool) -> Any:
+    """``config.train.epochs`` -> steps (and the optimizer's total / warm-up steps)."""
+    if config.train.epochs is None:
+        return config
+    if not hasattr(examples, "num_items"):
+        raise ValueError("config.train.epochs needs a finite training set (a fine-tuning task "
+                         "or local files); set config.train.steps instead")
+    steps = max(1, math.ceil(config.train.epochs * examples.num_items / config.data.batch_size))
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.train.steps = steps
+        resolved.optimizer.total_steps = steps
+        if config.train.warmup_fraction is not None:
+            resolved.optimizer.warmup_steps = int(round(config.train.warmup_fraction * steps))
+    resolved.lock()
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(resolved.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        if config.train.console:
+            print(f"{config.train.epochs:g} epochs of {examples.num_items} examples at batch "
+                  f"{config.data.batch_size}: {steps} steps, warm-up "
+                  f"{resolved.optimizer.warmup_steps}", flush=True)
+    return resolved

@@ -266,6 +266,20 @@ class Network(nn.Module):
         return Stack(cfg, cfg.num_layers, name="stack")(x, mask, deterministic=deterministic)
 
 
+def encode(embeddings: Embeddings, network: Network, tokens: Array,
+           token_type_ids: Array | None = None, segment_ids: Array | None = None,
+           positions: Array | None = None, *, word_delta: Array | None = None,
+           deterministic: bool = True) -> Array:
+    """The one ELECTRA encoder path: embed -> attention mask -> network.
+
+    Every model below (discriminator, generator, classifier, the joint pretraining module)
+    runs its encoder through here. Returns ``[batch, length, d_model]``.
+    """
+    x = embeddings(tokens, token_type_ids, positions, word_delta=word_delta,
+                   deterministic=deterministic)
+    return network(x, encoder_mask(tokens, segment_ids), deterministic=deterministic)
+
+
 # ---------------------------------------------------------------------------------------------
 # Single-network models (HF-compatible layouts; also the BERT/MLM baseline and fine-tuning).
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +295,8 @@ class ElectraDiscriminator(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_token_type_ids=None, encoder_segment_ids=None,
                encoder_positions=None, deterministic: bool = True) -> Array:
-        x = self.embeddings(encoder_input_tokens, encoder_token_type_ids, encoder_positions,
-                            deterministic=deterministic)
-        mask = encoder_mask(encoder_input_tokens, encoder_segment_ids)
-        return self.network(x, mask, deterministic=deterministic)
+        return encode(self.embeddings, self.network, encoder_input_tokens, encoder_token_type_ids,
+                      encoder_segment_ids, encoder_positions, deterministic=deterministic)
 
     def __call__(self, encoder_input_tokens: Array, encoder_token_type_ids: Array | None = None,
                  encoder_segment_ids: Array | None = None, encoder_positions: Array | None = None,
@@ -310,10 +322,8 @@ class ElectraGenerator(nn.Module):
 
     def encode(self, encoder_input_tokens, encoder_token_type_ids=None, encoder_segment_ids=None,
                encoder_positions=None, deterministic: bool = True) -> Array:
-        x = self.embeddings(encoder_input_tokens, encoder_token_type_ids, encoder_positions,
-                            deterministic=deterministic)
-        mask = encoder_mask(encoder_input_tokens, encoder_segment_ids)
-        return self.network(x, mask, deterministic=deterministic)
+        return encode(self.embeddings, self.network, encoder_input_tokens, encoder_token_type_ids,
+                      encoder_segment_ids, encoder_positions, deterministic=deterministic)
 
     def __call__(self, encoder_input_tokens: Array, masked_positions: Array | None = None,
                  encoder_token_type_ids: Array | None = None,
@@ -330,7 +340,7 @@ MlmEncoder = ElectraGenerator  # the paper's BERT baseline: a generator at discr
 
 
 class ElectraClassifier(nn.Module):
-    """Fine-tuning: discriminator encoder + [CLS] dropout/dense head -> ``[batch, classes]``.
+    """Fine-tuning: discriminator encoder + a [CLS] head -> ``[batch, classes]`` float32.
 
     Initialise ``embeddings`` / ``network`` from a discriminator's params (same names).
     """
@@ -338,19 +348,19 @@ class ElectraClassifier(nn.Module):
     config: TransformerConfig
     num_classes: int
     classifier_dropout: float = 0.1
+    head_style: str = "electra"  # heads.CLASSIFIER_STYLES: the reference code's or HF's
 
     def setup(self):
         self.embeddings = Embeddings(self.config)
         self.network = Network(self.config)
-        self.head = ClassificationHead(self.config, self.num_classes, self.classifier_dropout)
+        self.head = ClassificationHead(self.config, self.num_classes, self.classifier_dropout,
+                                       self.head_style)
 
     def __call__(self, encoder_input_tokens: Array, encoder_token_type_ids: Array | None = None,
                  encoder_segment_ids: Array | None = None, encoder_positions: Array | None = None,
                  deterministic: bool = True) -> Array:
-        x = self.embeddings(encoder_input_tokens, encoder_token_type_ids, encoder_positions,
-                            deterministic=deterministic)
-        mask = encoder_mask(encoder_input_tokens, encoder_segment_ids)
-        h = self.network(x, mask, deterministic=deterministic)
+        h = encode(self.embeddings, self.network, encoder_input_tokens, encoder_token_type_ids,
+                   encoder_segment_ids, encoder_positions, deterministic=deterministic)
         return self.head(h, deterministic=deterministic)
 
 
@@ -408,10 +418,8 @@ class Electra(nn.Module):
     ) -> Array:
         """MLM logits ``[batch, num_masked, vocab]`` (``[batch, length, vocab]`` if None)."""
         embeddings, network = self._generator_parts()
-        x = embeddings(encoder_input_tokens, encoder_token_type_ids, encoder_positions,
-                       deterministic=deterministic)
-        mask = encoder_mask(encoder_input_tokens, encoder_segment_ids)
-        h = network(x, mask, deterministic=deterministic)
+        h = encode(embeddings, network, encoder_input_tokens, encoder_token_type_ids,
+                   encoder_segment_ids, encoder_positions, deterministic=deterministic)
         if masked_positions is not None:
             h = gather_positions(h, masked_positions)
         return self.generator_head(h, embeddings.word_table())
@@ -433,10 +441,8 @@ class Electra(nn.Module):
                               deterministic) -> Array:
         delta = (self.discriminator_word_delta
                  if self.config.embedding_sharing == "gdes" else None)
-        x = self.embeddings(tokens, token_type_ids, positions, word_delta=delta,
-                            deterministic=deterministic)
-        mask = encoder_mask(tokens, segment_ids)
-        return self.discriminator(x, mask, deterministic=deterministic)
+        return encode(self.embeddings, self.discriminator, tokens, token_type_ids, segment_ids,
+                      positions, word_delta=delta, deterministic=deterministic)
 
     def main_logits(
         self,

@@ -92,25 +92,42 @@ class MlmHead(nn.Module):
         return logits + bias
 
 
-class ClassificationHead(nn.Module):
-    """Sequence classification on the first ([CLS]) vector: dropout -> dense(num_classes).
+CLASSIFIER_STYLES = ("electra", "hf")
 
-    As the reference ELECTRA fine-tuning code: no pooler weights, dropout = the model's hidden
-    dropout. ``num_classes=1`` serves regression tasks (STS-B).
+
+class ClassificationHead(nn.Module):
+    """Sequence classification on the first ([CLS]) vector -> ``[batch, num_classes]``.
+
+    ``style="electra"`` (the reference fine-tuning code): dropout -> dense(num_classes), no
+    pooler weights. ``style="hf"`` (``ElectraForSequenceClassification``'s head): dropout ->
+    dense(hidden) -> GELU -> dropout -> ``out_proj``(num_classes). ``num_classes=1`` serves
+    regression tasks (STS-B).
     """
 
     config: TransformerConfig
     num_classes: int
     dropout_rate: float = 0.1
+    style: str = "electra"
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         cfg = self.config
+        if self.style not in CLASSIFIER_STYLES:
+            raise ValueError(f"classifier style {self.style!r}; expected one of "
+                             f"{CLASSIFIER_STYLES}")
         # [batch, length, embed] -> [batch, embed]
-        cls = x[:, 0]
-        cls = nn.Dropout(self.dropout_rate)(cls, deterministic=deterministic)
+        h = x[:, 0]
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        if self.style == "hf":
+            h = layers.DenseGeneral(
+                cfg.d_model, (axes.EMBED, axes.MLP), use_bias=True, dtype=cfg.compute_dtype,
+                kernel_init=cfg.kernel_init(), name="dense",
+            )(h)
+            h = layers.activation("gelu")(h)
+            h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         # [batch, embed] -> [batch, classes]
         return layers.DenseGeneral(
-            self.num_classes, (axes.EMBED, axes.CLASSES), use_bias=True,
-            dtype=cfg.compute_dtype, kernel_init=cfg.kernel_init(), name="dense",
-        )(cls).astype(jnp.float32)
+            self.num_classes, (axes.MLP if self.style == "hf" else axes.EMBED, axes.CLASSES),
+            use_bias=True, dtype=cfg.compute_dtype, kernel_init=cfg.kernel_init(),
+            name="out_proj" if self.style == "hf" else "dense",
+        )(h).astype(jnp.float32)

@@ -1,6 +1,8 @@
 """Hugging Face interop for the ELECTRA family (dispatched to by ``modeling.hf``).
 
-* ``electra_from_hf(path, config, reader)``: an ``ElectraForPreTraining`` directory ->
+* ``electra_from_hf(path, config, reader)``: an ``ElectraForSequenceClassification`` directory
+  -> ``ElectraClassifier`` (HF head style: ``head/{dense,out_proj}``); an
+  ``ElectraForPreTraining`` directory ->
   ``ElectraDiscriminator`` (apply -> ``[batch, length]`` float32 logits); an
   ``ElectraForMaskedLM`` directory -> ``ElectraGenerator`` (apply without ``masked_positions`` ->
   ``[batch, length, vocab]``). Inputs are the batch keys of ``modeling.electra``:
@@ -47,6 +49,7 @@ from modeling.transformer import TransformerConfig
 
 DISCRIMINATOR_ARCH = "ElectraForPreTraining"
 GENERATOR_ARCH = "ElectraForMaskedLM"
+CLASSIFIER_ARCH = "ElectraForSequenceClassification"
 
 # transformers.ElectraConfig defaults: save_pretrained omits fields equal to them.
 _HF_DEFAULTS = {
@@ -188,13 +191,15 @@ def _check_tied_output(r: TensorReader, config: dict, word: np.ndarray) -> None:
 
 def _architecture(path: str, config: dict, r: TensorReader) -> str:
     archs = config.get("architectures") or []
-    known = (DISCRIMINATOR_ARCH, GENERATOR_ARCH)
+    known = (DISCRIMINATOR_ARCH, GENERATOR_ARCH, CLASSIFIER_ARCH)
     found = [a for a in archs if a in known]
     if not archs:  # no architectures entry: infer from the head's tensors
         if "discriminator_predictions.dense.weight" in r:
             return DISCRIMINATOR_ARCH
         if "generator_predictions.dense.weight" in r:
             return GENERATOR_ARCH
+        if "classifier.out_proj.weight" in r:
+            return CLASSIFIER_ARCH
     if len(found) != 1:
         raise HFConversionError(f"{path}: unsupported ELECTRA architecture {archs or None}; "
                                 f"supported: {', '.join(known)}")
@@ -217,6 +222,13 @@ def electra_from_hf(path: str, config: dict[str, Any], reader: TensorReader,
         p = "discriminator_predictions"
         params["head"] = {"dense": _linear(reader, f"{p}.dense", d, d),
                           "prediction": _linear(reader, f"{p}.dense_prediction", d, 1)}
+    elif arch == CLASSIFIER_ARCH:
+        num_labels = reader.shape("classifier.out_proj.weight")[0]
+        dropout = config.get("classifier_dropout")
+        model = electra.ElectraClassifier(
+            cfg, num_labels, cfg.dropout_rate if dropout is None else dropout, head_style="hf")
+        params["head"] = {"dense": _linear(reader, "classifier.dense", d, d),
+                          "out_proj": _linear(reader, "classifier.out_proj", d, num_labels)}
     else:
         model = electra.ElectraGenerator(cfg)
         _check_tied_output(reader, config, params["embeddings"]["word"]["embedding"])

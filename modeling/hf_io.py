@@ -6,41 +6,28 @@ expected vs found shape. Nothing here knows a model family.
 
 Weights files understood, in order of preference:
 ``model.safetensors``, ``model.safetensors.index.json`` (sharded), ``pytorch_model.bin``,
-``pytorch_model.bin.index.json`` (sharded). Safetensors files are parsed directly (header + raw
-bytes), so bfloat16 checkpoints load without torch; ``.bin`` files need torch, imported lazily.
+``pytorch_model.bin.index.json`` (sharded). Safetensors files go through ``safetensors.numpy``
+(bfloat16 arrives as ``ml_dtypes.bfloat16``, so bfloat16 checkpoints load without torch; checked
+with safetensors 0.8); ``.bin`` files need torch, imported lazily.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterable
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-_NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
-
 
 class HFConversionError(ValueError):
     """A Hugging Face directory that cannot be converted (missing file/tensor, wrong shape...)."""
@@ -50,29 +37,10 @@ class HFConversionError(ValueError):
 # Low-level file readers: each returns {name: np.ndarray}.
 # ---------------------------------------------------------------------------------------------
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Parses a safetensors file: u64 header size, JSON header, then the raw tensor bytes."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise HFConversionError(f"{path}: too short to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", data[:8])
     try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HFConversionError(f"{path}: unreadable safetensors header ({e})") from e
-    body = memoryview(data)[8 + header_len :]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise HFConversionError(
-                f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}"
-            )
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        out[name] = arr.reshape(info["shape"])
-    return out
+        return safetensors.numpy.load_file(path)
+    except (safetensors.SafetensorError, OSError) as e:
+        raise HFConversionError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def _read_bin(path: str) -> dict[str, np.ndarray]:
@@ -196,28 +164,12 @@ def read_hf_dir(path: str) -> tuple[dict[str, Any], TensorReader]:
 def write_hf_dir(path: str, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
     """Writes ``config.json`` and ``model.safetensors`` (PyTorch layout tensors) into ``path``."""
     os.makedirs(path, exist_ok=True)
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # transformers checks "pt"
-    chunks = []
-    offset = 0
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(np.asarray(tensors[name]))
-        if arr.dtype not in _NUMPY_TO_SAFETENSORS:
-            raise HFConversionError(f"write_hf_dir: tensor {name!r} has unsupported {arr.dtype}")
-        raw = arr.tobytes()
-        header[name] = {
-            "dtype": _NUMPY_TO_SAFETENSORS[arr.dtype],
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        chunks.append(raw)
-        offset += len(raw)
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)  # align the data section to 8 bytes
-    with open(os.path.join(path, SAFETENSORS_NAME), "wb") as f:
-        f.write(struct.pack("<Q", len(header_bytes)))
-        f.write(header_bytes)
-        for raw in chunks:
-            f.write(raw)
+    arrays = {name: np.ascontiguousarray(np.asarray(t)) for name, t in tensors.items()}
+    try:  # transformers checks the "pt" format tag
+        safetensors.numpy.save_file(arrays, os.path.join(path, SAFETENSORS_NAME),
+                                    metadata={"format": "pt"})
+    except (safetensors.SafetensorError, ValueError, TypeError) as e:
+        raise HFConversionError(f"write_hf_dir: {path}: cannot write tensors ({e})") from e
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -37,12 +37,6 @@ def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
     return (x,) if isinstance(x, int) else tuple(x)
 
 
-def matmul_dtype(dtype: Any) -> Any:
-    """Accumulation type for a matmul whose inputs are ``dtype`` (always float32 here)."""
-    del dtype
-    return jnp.float32
-
-
 # ---------------------------------------------------------------------------------------------
 # Dense and embeddings.
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +84,7 @@ class DenseGeneral(nn.Module):
             x.astype(self.dtype),
             kernel.astype(self.dtype),
             ((x_contract, tuple(range(n_in))), ((), ())),
-            preferred_element_type=matmul_dtype(self.dtype),
+            preferred_element_type=jnp.float32,
         )
         # dot_general puts the non-contracted x axes first, then the feature axes.
         if self.use_bias:

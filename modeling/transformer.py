@@ -123,7 +123,6 @@ class Block(nn.Module):
     """Self-attention, optional cross-attention, MLP; pre- or post-norm by config."""
 
     config: TransformerConfig
-    causal: bool = False
     cross_attention: bool = False
 
     @nn.compact
@@ -197,13 +196,12 @@ class _ScanBody(nn.Module):
     """Adapts Block to nn.scan's (carry, x) -> (carry, y) signature."""
 
     config: TransformerConfig
-    causal: bool
     cross_attention: bool
 
     @nn.compact
     def __call__(self, x, bias, encoded, cross_bias, deterministic, decode):
         block = _maybe_remat(Block, self.config)
-        x = block(self.config, self.causal, self.cross_attention, name="block")(
+        x = block(self.config, self.cross_attention, name="block")(
             x, bias, encoded, cross_bias, deterministic, decode
         )
         return x, None
@@ -268,13 +266,13 @@ class Stack(nn.Module):
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )
-            x, _ = scanned(cfg, self.causal, self.cross_attention, name="layers")(
+            x, _ = scanned(cfg, self.cross_attention, name="layers")(
                 x, bias, encoded, cross_bias, deterministic, decode
             )
         else:
             block = _maybe_remat(Block, cfg)
             for i in range(self.num_layers):
-                x = block(cfg, self.causal, self.cross_attention, name=f"layers_{i}")(
+                x = block(cfg, self.cross_attention, name=f"layers_{i}")(
                     x, bias, encoded, cross_bias, deterministic, decode
                 )
 

@@ -11,7 +11,10 @@ asks which family or which objective it runs:
   streaming seqio tasks, ``synthetic_batch`` for benchmarks);
 - reporting: the metric keys worth showing (``summary_keys``), context-free ``baselines`` of
   an evaluation, ``notes`` that say what the numbers mean, and an optional ``showcase`` (step 0
-  vs trained on one held-out example).
+  vs trained on one held-out example);
+- fine-tuning only: the downstream ``task``, its examples, a ``predict_fn`` whose outputs
+  ``decode_predictions`` turns into strings for the task's metrics, layer-wise LR decay depths
+  and how to adapt a pretraining checkpoint (``adapt_params``).
 
 ``objectives/registry.py`` holds the one table of names; ``objectives/t5_family.py`` and
 ``objectives/electra_family.py`` build the objectives.
@@ -64,6 +67,19 @@ class Objective:
     notes: Callable[[Mapping[str, Any]], list[str]]
     # (params, step-0 params, one held-out example, vocab_path) -> lines; None: no showcase
     showcase: Callable[[Any, Any, Mapping[str, np.ndarray], str], list[str]] | None
+    # -- fine-tuning (objectives/finetune.py); None for pretraining ---------------------------
+    task: Any = None  # the data/finetune.FinetuneTask trained on
+    # (split, vocab_path, seed) -> data/finetune.FinetuneExamples of the task
+    task_examples: Callable[[str, str, int], Any] | None = None
+    predict_fn: Callable[[Any, dict], jax.Array] | None = None  # jittable (params, batch)
+    decode_predictions: Callable[[np.ndarray], list[str]] | None = None  # outputs -> strings
+    # outputs -> per-record extras for launch/predict.py (e.g. class probabilities)
+    prediction_details: Callable[[np.ndarray], list[dict]] | None = None
+    # layer-wise LR decay: abstract params -> depth per leaf (launch/optim.py), and the depth
+    param_depths: Callable[[Any], Any] | None = None
+    num_layers: int | None = None
+    # warm start from a checkpoint of another layout: (source params, fresh params) -> params
+    adapt_params: Callable[[Any, Any], Any] | None = None
 
 
 def fill_packing_keys(batch: HostBatch, batch_spec: BatchSpec) -> HostBatch:

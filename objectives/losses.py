@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 NORMALIZE_MODES = ("sum", "token", "sequence")
 
@@ -181,7 +182,7 @@ def normalize(
 
 
 def sigmoid_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> LossSums:
-    """Weighted binary cross-entropy with logits, stable via log-sigmoid.
+    """Weighted binary cross-entropy with logits (optax's, stable via log-sigmoid).
 
     ``-[y log sigmoid(x) + (1 - y) log sigmoid(-x)]``; labels may be bool/int/float in [0, 1].
     """
@@ -190,7 +191,7 @@ def sigmoid_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> Los
                          "must have the same shape")
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     labels = labels.astype(logits.dtype)
-    loss = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels)
     weights = jnp.broadcast_to(weights, logits.shape).astype(jnp.float32)
     return LossSums(jnp.sum(_masked(loss, weights)), jnp.zeros((), jnp.float32),
                     jnp.sum(weights))

@@ -21,6 +21,8 @@ objective up by name.
 | mlm               | ELECTRA | the BERT baseline: discriminator-sized MLM (Table 5)        |
 | replace_mlm       | ELECTRA | MLM on generator-replaced inputs (Table 5)                  |
 | all_tokens_mlm    | ELECTRA | predict every token with a copy gate (Table 5)              |
+| classify          | ELECTRA | fine-tuning: classification / regression on a task          |
+| text_to_text      | T5      | fine-tuning: teacher forcing on a task, decoded predictions |
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from objectives import denoising, electra_family, rtd, t5_family
+from objectives import denoising, electra_family, finetune, rtd, t5_family
 from objectives.base import Objective
 
 __all__ = ["OBJECTIVES", "Objective", "build", "denoiser"]
@@ -60,6 +62,8 @@ OBJECTIVES: dict[str, Entry] = {
     "replace_mlm": _electra(rtd.replace_mlm_loss, "main_mlm", "Table 5: Replace MLM"),
     "all_tokens_mlm": _electra(rtd.all_tokens_mlm_loss, "all_tokens",
                                "Table 5: All-Tokens MLM"),
+    "classify": Entry("electra", finetune.build_classify),
+    "text_to_text": Entry("t5", finetune.build_text_to_text),
 }
 
 

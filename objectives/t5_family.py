@@ -80,14 +80,17 @@ def unigram_entropy(batches: list[base.HostBatch]) -> float | None:
     return float(-np.sum(probs * np.log(probs)))
 
 
-def build(config: Any, denoiser: denoising.Denoiser) -> base.Objective:
+def build(config: Any, denoiser: denoising.Denoiser | None) -> base.Objective:
+    """A T5 objective; ``denoiser=None`` builds the model, loss and batch spec only (the
+    fine-tuning objective supplies its own examples)."""
     cfg = model_config(config)
     model = t5.EncoderDecoder(cfg)
     obj = config.objective
     if obj.normalize not in losses.NORMALIZE_MODES:
         raise ValueError(f"config.objective.normalize={obj.normalize!r}; expected one of "
                          f"{losses.NORMALIZE_MODES}")
-    params = denoiser.params(**denoiser_params(config))  # unknown parameters fail here
+    # Unknown parameters fail here.
+    params = denoiser.params(**denoiser_params(config)) if denoiser is not None else {}
     vocab_path = vocab_lib.path_of(config)
     batch, l_in, l_out = (config.data.batch_size, config.data.inputs_length,
                           config.data.targets_length)

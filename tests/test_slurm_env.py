@@ -37,9 +37,10 @@ def test_single_task_and_no_slurm_are_single_process():
 
 
 def test_batch_script_of_several_tasks_says_use_srun():
-    # What `sbatch -n 2` sets for the script: no step variables (tests/test_sweep_slurm.py
-    # runs the real thing).
-    with pytest.raises(RuntimeError, match=r"SLURM job 7 of 2 tasks.*srun python -m launch"):
+    # What `sbatch -n 2` sets for the script itself (seen on tests/slurm/up.sh's cluster): no
+    # SLURM_STEP_* variables.
+    with pytest.raises(trainer.StartupError,
+                       match=r"SLURM job 7 of 2 tasks.*srun python -m launch"):
         trainer.slurm_arguments({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "0"})
 
 

@@ -289,12 +289,23 @@ def test_rst_to_sections_strips_markup():
 def test_wordnet_and_kjv_parsers():
     line = ("00006269 03 n 01 life 0 002 @ 00004258 n 0000 ~ 07993776 n 0000 | living things "
             'collectively; "the oceans are teeming with life"  \n')
-    assert build_corpus.wordnet_synset(line) == (
-        3, 'life: living things collectively; "the oceans are teeming with life"'
+    life = build_corpus.parse_synset(line, "noun")
+    assert life == build_corpus.Synset(
+        "n00006269", 3, ("life",), (("@", "n00004258"), ("~", "n07993776")),
+        'living things collectively; "the oceans are teeming with life"')
+    assert life.has_example
+    assert build_corpus.wordnet_synset(life) == (
+        'life: living things collectively; "the oceans are teeming with life"'
     )
-    adj = "00001740 00 a 02 able(p) 0 unable 0 000 | (usually followed by `to') having power\n"
-    assert build_corpus.wordnet_synset(adj) == (0, "able, unable: (usually followed by `to') "
-                                                   "having power.")
+    adj = build_corpus.parse_synset(
+        "00001740 00 a 02 able(p) 0 unable 0 001 & 00002098 a 0000 | (usually followed by "
+        "`to') having  power\n", "adj")
+    assert adj == build_corpus.Synset("a00001740", 0, ("able", "unable"), (("&", "a00002098"),),
+                                      "(usually followed by `to') having power")
+    assert not adj.has_example
+    assert build_corpus.wordnet_synset(adj) == ("able, unable: (usually followed by `to') "
+                                                "having power.")
+    assert build_corpus.parse_synset("  1 This software and database is\n", "noun") is None
     verses = ["Ge1:1 In the beginning.", "Ge1:2 And  the earth.", "Ge2:1 Thus.", "1Jo5:21 Amen."]
     assert list(build_corpus.kjv_chapters(verses)) == [
         ("kjv/Ge1", "In the beginning. And the earth."), ("kjv/Ge2", "Thus."),

@@ -100,7 +100,7 @@ def test_scripts_run_against_a_recording_gcloud(tmp_path):
         "pretrax.git ~/pretrax; cd ~/pretrax && git fetch -q origin && git checkout -q 6d0d24e"
         " && python3 -m pip install -q -e . 'jax[tpu]>=0.10,<0.13'")
     assert calls[19][8] == (
-        "--command=cd ~/pretrax && PRETRAX_RUN_ID=t5_small_v5e/seed=2 "
+        "--command=cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=2 "
         "TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train "
         "--config=configs/t5.py:t5_1_1_small --config.data.source=seqio "
         "--config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 "

@@ -32,7 +32,7 @@ gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-0 --project=my-project --zon
 
 # Run seed=0.
 gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-0 --project=my-project --zone=us-west4-a --worker=all \
-    --command="cd ~/pretrax && PRETRAX_RUN_ID=t5_small_v5e/seed=0 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=0 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=0"
+    --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=0 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=0 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=0"
 echo $? > "$SWEEP_ROOT"/seed=0/sweep/exit_code
 # ===== tpu/pretrax-t5-small-v5e-1.sh
 #!/bin/bash
@@ -68,7 +68,7 @@ gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-1 --project=my-project --zon
 
 # Run seed=1.
 gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-1 --project=my-project --zone=us-west4-a --worker=all \
-    --command="cd ~/pretrax && PRETRAX_RUN_ID=t5_small_v5e/seed=1 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=1 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=1"
+    --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=1 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=1 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=1"
 echo $? > "$SWEEP_ROOT"/seed=1/sweep/exit_code
 # ===== tpu/pretrax-t5-small-v5e-2.sh
 #!/bin/bash
@@ -104,5 +104,5 @@ gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-2 --project=my-project --zon
 
 # Run seed=2.
 gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-2 --project=my-project --zone=us-west4-a --worker=all \
-    --command="cd ~/pretrax && PRETRAX_RUN_ID=t5_small_v5e/seed=2 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=2 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=2"
+    --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=2 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets python3 -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=2 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=2"
 echo $? > "$SWEEP_ROOT"/seed=2/sweep/exit_code
