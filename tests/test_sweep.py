@@ -73,6 +73,13 @@ def test_stages_chain_runs_to_their_parents(tmp_path):
     assert child.resolved.train.init_from == str(tmp_path / "pretrain" / "seed=1")
 
 
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(REPO, "configs", "sweeps"))))
+def test_every_shipped_sweep_expands(tmp_path, name):
+    path = os.path.join(REPO, "configs", "sweeps", name)
+    runs = sweep_spec.expand(sweep_spec.load_sweep(path), tmp_path, path, run_root="/mnt/x")
+    assert runs and len({r.workdir for r in runs}) == len(runs)
+
+
 @pytest.mark.parametrize("sweep,message", [
     (Sweep("s", TINY, axes=values("config.train.stpes", [1, 2])),
      "run train.stpes=1: config.train.stpes does not exist in the config; did you mean "
