@@ -8,7 +8,8 @@
 #
 # No systemd here, so the daemons are started directly. One node named after this host with
 # NodeAddr 127.0.0.1 and 2 CPUs; no accounting daemon (the sweep reads run state from each
-# workdir and from squeue/scontrol, never sacct); no cgroups (proctrack/linuxproc, task/none).
+# workdir and from squeue/scontrol, never sacct); no cgroups (proctrack/linuxproc, task/none);
+# config_overrides: the node has 2 CPUs whatever the machine has (the 2-task test needs 2).
 # It refuses to overwrite a slurm.conf it did not write, so it never clobbers a real cluster's.
 # On failure it prints the daemons' logs and exits 1.
 set -euo pipefail
@@ -91,6 +92,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
+SlurmdParameters=config_overrides
 KillWait=30
 MinJobAge=600
 StateSaveLocation=/var/spool/slurmctld
