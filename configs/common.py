@@ -16,6 +16,7 @@ Sections:
 - ``checkpoint``: orbax cadence and retention.
 - ``mesh`` / ``sharding``: mesh axis sizes (one may be -1) and the rule preset name.
 - ``distributed``: multi-host initialisation.
+- ``debug``: deliberate fault injection (a NaN loss at a chosen step).
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 10
     config.train.eval_every = 100  # 0 disables periodic evaluation
     config.train.eval_steps = 4  # validation batches per evaluation
+    # Fine-tuning: records of the validation split scored by the task's metrics at each
+    # evaluation (the first N in file order; None: all of them).
+    config.train.task_eval_examples = config_dict.placeholder(int)
     config.train.nan_policy = "stop"  # "stop": raise, checkpoint intact | "skip": drop the update
     config.train.init_from = ""  # a checkpoint dir (pretrax) or an HF dir: params only
     config.train.console = True  # progress line on stdout (process 0)
@@ -156,6 +160,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.distributed.process_id = config_dict.placeholder(int)
     config.distributed.initialization_timeout = 300  # seconds
     config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
+
+    # -- debug: deliberate fault injection (launch/step.py), for fault drills and tests ------
+    config.debug = ml_collections.ConfigDict()
+    # Make the loss (and so every gradient) NaN at this step (1-based); None: never.
+    config.debug.inject_nan_at_step = config_dict.placeholder(int)
     return config
 
 

@@ -16,7 +16,9 @@ and are scored by the task's metric functions, seqio's contract: ``fn(targets, p
 
 Tasks are registered by name (:func:`register`); ``config.data.task_module`` names a module
 that registers more before the lookup (T5X's ``MIXTURE_OR_TASK_MODULE``). The bundled tasks
-(``data/downstream/``, built by ``data/build_downstream.py``) are registered on import.
+(``data/downstream/``, built by ``data/build_downstream.py``) are registered on import; GLUE and
+SuperGLUE (``glue_*``, ``super_glue_*``, read from TFDS: ``data/glue.py``) when first asked for.
+``data/finetune_seqio.py`` registers any task as a seqio Task of the same name.
 """
 
 from __future__ import annotations
@@ -58,27 +60,90 @@ def f1_binary(targets: Sequence[Any], predictions: Sequence[Any], positive: Any 
     return {"f1": 100.0 * (2 * tp / denominator if denominator else 0.0)}
 
 
-def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any], positive: Any = "yes"
+def f1_with_invalid(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """F1 of class 1 over class ids 0/1 (T5's GLUE MRPC/QQP metric), in percent; a prediction
+    that is neither (an unknown label, -1) counts as wrong: a false positive when the target is
+    0, a false negative when it is 1."""
+    t = np.asarray(targets) == 1
+    p = np.asarray(predictions)
+    p = np.where((p == 0) | (p == 1), p == 1, ~t)
+    tp = float(np.sum(t & p))
+    denominator = 2 * tp + float(np.sum(~t & p)) + float(np.sum(t & ~p))
+    return {"f1": 100.0 * (2 * tp / denominator if denominator else 0.0)}
+
+
+def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Matthews correlation (GLUE's CoLA metric), times 100; for more than two values (an
+    invalid prediction is a value of its own) the multiclass R_K of Gorodkin (2004)."""
+    index = {v: i for i, v in enumerate(dict.fromkeys([*targets, *predictions]))}
+    n = len(targets)
+    confusion = np.zeros((len(index), len(index)), np.float64)
+    np.add.at(confusion, ([index[v] for v in targets], [index[v] for v in predictions]), 1.0)
+    t_sum, p_sum = confusion.sum(axis=1), confusion.sum(axis=0)
+    samples, correct = float(n), float(np.trace(confusion))
+    cov_tp = correct * samples - float(np.dot(t_sum, p_sum))
+    cov_pp = samples**2 - float(np.dot(p_sum, p_sum))
+    cov_tt = samples**2 - float(np.dot(t_sum, t_sum))
+    if cov_pp * cov_tt == 0:
+        return {"matthews_corrcoef": 0.0}
+    return {"matthews_corrcoef": 100.0 * (cov_tp / np.sqrt(cov_tt * cov_pp))}
+
+
+def mean_multiclass_f1(num_classes: int) -> Callable[[Sequence[int], Sequence[int]],
+                                                      dict[str, float]]:
+    """Unweighted mean over class ids 0..num_classes-1 of each class's F1 (T5's CB metric,
+    ``mean_3class_f1``), in percent; a class never predicted nor present scores 0."""
+    def mean_f1(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+        t, p = np.asarray(targets), np.asarray(predictions)
+        scores = []
+        for c in range(num_classes):
+            tp = float(np.sum((t == c) & (p == c)))
+            denominator = float(np.sum(t == c) + np.sum(p == c))
+            scores.append(2 * tp / denominator if denominator else 0.0)
+        return {f"mean_{num_classes}class_f1": 100.0 * float(np.mean(scores))}
+
+    return mean_f1
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    return float(np.clip(np.dot(x, y) / denominator, -1.0, 1.0)) if denominator else np.nan
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    first = np.concatenate([[True], x[order][1:] != x[order][:-1]])
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], len(x))
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(first) - 1]
+    return ranks
+
+
+def pearson_corrcoef(targets: Sequence[float], predictions: Sequence[float]
+                     ) -> dict[str, float]:
+    """Pearson correlation times 100 (T5's STS-B metric; NaN if either side is constant)."""
+    return {"pearson_corrcoef": 100.0 * _pearson(np.asarray(targets, np.float64),
+                                                 np.asarray(predictions, np.float64))}
+
+
+def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]
                       ) -> dict[str, float]:
-    """Matthews correlation of a binary task (GLUE's CoLA metric), times 100."""
-    t = np.asarray([x == positive for x in targets])
-    p = np.asarray([x == positive for x in predictions])
-    tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
-    fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return {"matthews_corrcoef": 100.0 * ((tp * tn - fp * fn) / denominator
-                                          if denominator else 0.0)}
+    """Spearman correlation (Pearson of average ranks) times 100 (T5's second STS-B metric)."""
+    return {"spearman_corrcoef": 100.0 * _pearson(
+        _average_ranks(np.asarray(targets, np.float64)),
+        _average_ranks(np.asarray(predictions, np.float64)))}
 
 
 def pearson_spearman(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
-    """Pearson and Spearman correlation (STS-B's metrics), times 100."""
-    import scipy.stats
-
+    """Pearson and Spearman correlation (STS-B's metrics), times 100; 0 for a constant side."""
     t, p = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
     if np.std(t) == 0 or np.std(p) == 0:
         return {"pearson": 0.0, "spearman": 0.0}
-    return {"pearson": 100.0 * float(scipy.stats.pearsonr(t, p)[0]),
-            "spearman": 100.0 * float(scipy.stats.spearmanr(t, p)[0])}
+    return {"pearson": pearson_corrcoef(t, p)["pearson_corrcoef"],
+            "spearman": spearman_corrcoef(t, p)["spearman_corrcoef"]}
 
 
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
@@ -114,6 +179,12 @@ class FinetuneTask:
     # Records from elsewhere (e.g. TFDS): split -> list of records with the fields above; used
     # instead of ``files`` when set.
     reader: Callable[[str], list[dict[str, str]]] | None = None
+    # T5's input fields in order, when they differ from ``text_fields`` (the encoder's segment
+    # order): T5's GLUE tasks sort them by name ("mnli hypothesis: ... premise: ...").
+    t5_fields: tuple[str, ...] = ()
+    # A target or prediction string -> what the metrics compare (seqio's postprocess_fn; T5's
+    # GLUE tasks map labels to class ids, -1 for anything else). Default: see postprocess().
+    postprocessor: Callable[[str], Any] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -138,7 +209,10 @@ class FinetuneTask:
         return len(self.labels) if self.kind == "classification" else 1
 
     def postprocess(self, text: str) -> Any:
-        """A target or prediction string -> the value metrics compare (floats for regression)."""
+        """A target or prediction string -> the value metrics compare: ``postprocessor(text)``
+        if the task has one; else the stripped text (a float for regression, NaN if none)."""
+        if self.postprocessor is not None:
+            return self.postprocessor(text)
         return _float_or_nan(text) if self.kind == "regression" else text.strip()
 
     def score(self, targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
@@ -155,9 +229,10 @@ class FinetuneTask:
         if self.main_metric:
             return self.main_metric
         # The first metric's first key, found on a trivially correct prediction.
-        probe = {"classification": self.labels[:1], "regression": ["1", "2"],
-                 "text_to_text": ["a"]}[self.kind]
-        return next(iter(self.metric_fns[0](list(probe), list(probe))))
+        probe = [self.postprocess(x) for x in {"classification": self.labels[:1],
+                                                "regression": ["1", "2"],
+                                                "text_to_text": ["a"]}[self.kind]]
+        return next(iter(self.metric_fns[0](probe, probe)))
 
     def rows(self, split: str) -> list[dict[str, str]]:
         """The split's records, checked: text fields present, targets valid."""
@@ -195,7 +270,7 @@ class FinetuneTask:
     def _checked(self, record: Any, where: str, with_target: bool = True) -> dict[str, str]:
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        fields = self.text_fields + ((self.target_field,) if with_target else ())
+        fields = self.text_fields + self.t5_fields + ((self.target_field,) if with_target else ())
         for field in fields:
             if not isinstance(record.get(field), str):
                 raise ValueError(f"{where}: field {field!r} must be a string; the record has "
@@ -214,7 +289,7 @@ class FinetuneTask:
     def t5_input(self, record: Mapping[str, str]) -> str:
         """T5's text-to-text input: ``"<prefix> field1: text1 field2: text2"`` (GLUE style)."""
         parts = [self.prefix or self.name]
-        for field in self.text_fields:
+        for field in self.t5_fields or self.text_fields:
             parts.append(f"{field}: {record[field]}")
         return " ".join(parts)
 
@@ -230,13 +305,23 @@ def register(task: FinetuneTask) -> FinetuneTask:
     return task
 
 
+# Modules that register tasks by name prefix, imported when such a task is asked for (so the
+# GLUE tasks need no task_module, and importing this module stays free of TensorFlow).
+PROVIDERS = {"glue_": "data.glue", "super_glue_": "data.glue"}
+
+
 def get(name: str, module: str = "") -> FinetuneTask:
-    """The task ``name``, after importing ``module`` (which may register it)."""
+    """The task ``name``, after importing ``module`` (which may register it), or the module of
+    :data:`PROVIDERS` whose prefix the name has."""
     if module:
         try:
             importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"config.data.task_module={module!r} cannot be imported: {e}") from e
+    if name not in _TASKS:
+        for prefix, provider in PROVIDERS.items():
+            if name.startswith(prefix):
+                importlib.import_module(provider)
     if name not in _TASKS:
         hint = "" if module else " (set config.data.task_module to the module that registers it)"
         raise ValueError(f"config.data.task={name!r} is not a registered fine-tuning task; "
@@ -268,6 +353,11 @@ class FinetuneExamples(IndexedExamples):
 
     def _make(self, item: int, index: int) -> dict[str, np.ndarray]:
         return self.rows[item]
+
+    def head(self, n: int) -> FinetuneExamples:
+        """The first ``n`` records (evaluation on a subset)."""
+        return FinetuneExamples(self.task, self.kind, self.rows[:n], self.records[:n],
+                                self.task_lengths, self.truncated, self.seed)
 
     def features(self, group: Sequence[Mapping[str, np.ndarray]], pack: bool
                  ) -> dict[str, np.ndarray]:

@@ -21,7 +21,8 @@ Cloud sources (constructed and validated by the tests, never run there):
   append EOS after trim. ELECTRA is registered for local corpora only: its ExampleBuilder walks
   sentences in corpus order, which a streaming TFDS source cannot index.
 
-Pretraining tasks have no metrics (metric_fns=[]).
+Pretraining tasks have no metrics (metric_fns=[]). T5's GLUE and SuperGLUE tasks are registered by
+``data/glue_tasks.py`` (import it), fine-tuning tasks as seqio tasks by ``data/finetune_seqio.py``.
 """
 
 from __future__ import annotations

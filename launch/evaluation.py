@@ -51,9 +51,12 @@ def outputs(program: Any, params: Any, examples: Any) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def task_metrics(program: Any, params: Any, examples: Any, predictions_path: str | None = None
-                 ) -> dict[str, float]:
-    """The task's metrics on ``examples``; predictions written to ``predictions_path``."""
+def task_metrics(program: Any, params: Any, examples: Any, predictions_path: str | None = None,
+                 limit: int | None = None) -> dict[str, float]:
+    """The task's metrics on ``examples`` (the first ``limit`` records if set); predictions
+    written to ``predictions_path``."""
+    if limit is not None and limit < len(examples.rows):
+        examples = examples.head(limit)
     predictions = predict(program, params, examples)
     metrics = examples.task.score(examples.targets, predictions)
     if predictions_path and jax.process_index() == 0:

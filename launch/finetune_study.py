@@ -64,6 +64,7 @@ def _finetune(root: str, family: str, task: str, init: str, seed: int, steps: in
     config.optimizer.warmup_steps = steps // 10 if family == "electra" else 0
     config.train.eval_every = max(1, steps // 4)
     config.checkpoint.every = config.train.eval_every
+    config.train.task_eval_examples = 500  # model selection on 500 validation records
     if init == "pretrained":
         config.train.init_from = pretrained
     start = time.time()
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--tasks", default="wn_lexname,wn_hypernym,wn_headword")
     parser.add_argument("--families", default="electra,t5")
+    parser.add_argument("--report_only", action="store_true",
+                        help="Only write the table and plot from the runs finished so far.")
     args = parser.parse_args()
     from launch import platform
 
@@ -146,6 +149,16 @@ def main() -> None:
     logging.set_verbosity(logging.WARNING)
     from data import finetune
 
+    if args.report_only:
+        import glob
+
+        results = []
+        for path in sorted(glob.glob(os.path.join(args.root, "*", "*", "*", "seed*",
+                                                  "test.json"))):
+            with open(path) as f:
+                results.append(json.load(f))
+        _report(args.root, results)
+        return
     results = []
     for family in args.families.split(","):
         pretrained = _pretrain(args.root, family)

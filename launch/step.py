@@ -127,11 +127,16 @@ def build(config: Any, mesh: Mesh | None = None,
     replicated = NamedSharding(mesh, PartitionSpec())
     skip_nonfinite = config.train.nan_policy == "skip"
 
+    inject_nan_at = config.debug.inject_nan_at_step
+
     def train_step(state, batch):
         step_key = jax.random.fold_in(train_key, state["step"])
 
         def loss_fn(params, micro, key):
-            return objective.loss_fn(params, micro, key, False)
+            loss, metrics = objective.loss_fn(params, micro, key, False)
+            if inject_nan_at is not None:  # config.debug: a NaN loss and NaN gradients
+                loss = loss * jnp.where(state["step"] + 1 == inject_nan_at, jnp.nan, 1.0)
+            return loss, metrics
 
         (loss, metrics), grads = optim.accumulate_gradients(
             loss_fn, state["params"], batch, microbatches, has_aux=True,

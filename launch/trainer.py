@@ -322,8 +322,10 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
             out = {**_mean_metrics(records), **objective.baselines(host_batches)}
             if program.predict_step is not None:
                 # A fine-tuning task: its own metrics over the whole validation split.
-                out.update(evaluation.task_metrics(program, params, eval_examples, os.path.join(
-                    workdir, "predictions", f"validation-{step}.jsonl")))
+                out.update(evaluation.task_metrics(
+                    program, params, eval_examples,
+                    os.path.join(workdir, "predictions", f"validation-{step}.jsonl"),
+                    limit=config.train.task_eval_examples))
             return out
 
     # ===== Several processes: compile, then start together =====

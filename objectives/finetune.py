@@ -188,8 +188,14 @@ def build_text_to_text(config: Any) -> base.Objective:
     def task_examples(split, path: str, seed: int) -> finetune.FinetuneExamples:
         return finetune.encdec_examples(task, split, path, eos, l_in, l_out, seed)
 
+    def loss_fn(params, batch, step_key, deterministic):
+        # The pretraining loss; its per-token accuracy renamed apart from the task's metrics.
+        loss, metrics = pretraining.loss_fn(params, batch, step_key, deterministic)
+        metrics["token_accuracy"] = metrics.pop("accuracy")
+        return loss, metrics
+
     return dataclasses.replace(
-        pretraining, make_examples=_no_corpus(obj.name), feature_converter=None,
+        pretraining, loss_fn=loss_fn, make_examples=_no_corpus(obj.name), feature_converter=None,
         summary_keys=("cross_entropy", task.metric),
         synthetic_batch=_no_synthetic(obj.name), baselines=lambda batches: {},
         notes=lambda record: [], showcase=None, task=task, task_examples=task_examples,

@@ -15,7 +15,7 @@ from launch import checkpoint as ckpt_lib
 from launch import metrics as metrics_lib
 from launch import trainer
 from objectives import registry
-from tests.test_trainer import REPO, losses, tiny
+from tests.helpers import REPO, cli_env, losses, tiny
 
 # The CLI overrides that reproduce tests.test_trainer.tiny() in a subprocess.
 TINY_FLAGS = ("--config.data.source=synthetic", "--config.train.eval_every=0",
@@ -126,8 +126,7 @@ def test_restore_on_a_different_device_count(runs, tmp_path, devices):
     root, _ = runs
     workdir = tmp_path / "w"
     shutil.copytree(root / "b_at_2", workdir)
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = cli_env(devices)
     result = subprocess.run(
         [sys.executable, "-m", "launch.train", "--config=configs/t5.py:tiny",
          f"--workdir={workdir}", "--config.train.steps=4", *TINY_FLAGS],

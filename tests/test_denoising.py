@@ -10,7 +10,6 @@ import importlib.util
 import itertools
 import pathlib
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -20,21 +19,9 @@ import tensorflow as tf
 from objectives import denoising as dn
 from objectives import registry
 from objectives import span_corruption as sc
+from tests.helpers import original_t5_preprocessors
 
-
-def load_original_preprocessors():
-    """t5/data/preprocessors.py itself (the ``t5`` package import needs metric libraries)."""
-    name = "t5_original_preprocessors"  # shared with test_span_corruption: gin registers once
-    if name not in sys.modules:
-        package_dir = pathlib.Path(importlib.util.find_spec("t5").submodule_search_locations[0])
-        spec = importlib.util.spec_from_file_location(name, package_dir / "data/preprocessors.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-T5 = load_original_preprocessors()
+T5 = original_t5_preprocessors()
 GIN_DIR = pathlib.Path(
     importlib.util.find_spec("t5").submodule_search_locations[0]) / "models/gin/objectives"
 VOCAB_SIZE = 512  # a tiny seqio vocabulary: 412 pieces + 100 extra ids

@@ -28,9 +28,10 @@ from launch import optim, trainer
 from modeling import hf
 from objectives import finetune as finetune_objectives
 from objectives import registry
+from tests.helpers import REPO
 
 TOL = 1e-4
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 LABELS = ("animal", "food", "tool")
 WORDS = {"animal": ["cat", "dog", "horse"], "food": ["bread", "rice", "soup"],
          "tool": ["hammer", "saw", "drill"]}

@@ -12,8 +12,7 @@ import time
 import pytest
 
 from launch import lock as lock_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO, cli_env
 
 
 def _held_by(path, **fields):
@@ -73,7 +72,7 @@ def test_the_heartbeat_moves(tmp_path):
 
 
 def _train(workdir, *extra, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    env = cli_env(**(env_extra or {}))
     return [sys.executable, "-m", "launch.train", "--config=configs/t5.py:tiny",
             f"--workdir={workdir}", "--config.data.source=synthetic",
             "--config.train.tensorboard=false", "--config.train.peak_flops=1e9",
@@ -108,3 +107,4 @@ def test_a_double_start_is_refused_and_start_up_errors_are_one_line(tmp_path):
     assert typo.stderr.strip().splitlines() == [
         'ERROR: --config.train.stpes: no such config key. Did you mean "steps" instead of '
         '"stpes"? (--verbose shows the traceback)']
+    assert not os.path.exists(tmp_path / "typo" / "config.json")  # nothing written

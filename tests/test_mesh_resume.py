@@ -9,8 +9,8 @@ mesh differs.
 import numpy as np
 
 from configs import t5 as t5_configs
-from launch import metrics as metrics_lib
 from launch import trainer
+from tests.helpers import losses
 
 
 def _config(steps, fsdp):
@@ -25,16 +25,12 @@ def _config(steps, fsdp):
     return config
 
 
-def _losses(workdir):
-    return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
-
-
 def test_bundled_run_resumes_from_8_devices_on_4(tmp_path):
     trainer.train(_config(4, 8), str(tmp_path / "straight"))
     trainer.train(_config(2, 8), str(tmp_path / "moved"))
     resumed = trainer.train(_config(4, 4), str(tmp_path / "moved"))
     assert resumed["start_step"] == 2 and resumed["step"] == 4
-    straight, moved = _losses(tmp_path / "straight"), _losses(tmp_path / "moved")
+    straight, moved = losses(tmp_path / "straight"), losses(tmp_path / "moved")
     assert len(straight) == len(moved) == 4
     # Steps 1-2 ran on the same mesh: bitwise. Steps 3-4 on 4 devices: the same batches, so the
     # same losses up to float32 reduction order (another batch would differ by ~1e-2).

@@ -1,42 +1,25 @@
 """Two local processes (4 CPU devices each, gloo collectives) train like one 8-device process."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
-from launch import metrics as metrics_lib
-from tests.test_trainer import REPO
+from tests.helpers import REPO, cli_env, free_port, losses
 
 FLAGS = ("--config=configs/t5.py:tiny", "--config.train.steps=3", "--config.train.eval_every=0",
          "--config.train.peak_flops=1e9", "--config.train.tensorboard=false",
          "--config.checkpoint.every=0")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu")
-
-
-def _losses(workdir):
-    return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
-
-
 def test_two_processes_match_one(tmp_path):
     single = subprocess.run(
         [sys.executable, "-m", "launch.train", *FLAGS, f"--workdir={tmp_path / 'one'}"],
-        cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+        cwd=REPO, env=cli_env(8), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path / "two"
     processes = [subprocess.Popen(
         [sys.executable, "-m", "launch.train", *FLAGS, f"--workdir={workdir}",
@@ -45,7 +28,7 @@ def test_two_processes_match_one(tmp_path):
          "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
          "--config.distributed.cpu_collectives=gloo",
          "--config.distributed.initialization_timeout=120"],
-        cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, env=cli_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
     outputs = []
     try:
@@ -61,6 +44,6 @@ def test_two_processes_match_one(tmp_path):
     assert "step 3/3" in outputs[0] and "step 3/3" not in outputs[1]
     assert "'fsdp': 8" in outputs[0]
     assert os.path.isdir(workdir / "checkpoints" / "3" / "state")
-    one, two = _losses(tmp_path / "one"), _losses(workdir)
+    one, two = losses(tmp_path / "one"), losses(workdir)
     assert len(one) == 3
     np.testing.assert_allclose(two, one, rtol=2e-5)

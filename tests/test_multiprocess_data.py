@@ -7,7 +7,6 @@ coordinator fails the test instead of hanging it.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,8 +15,8 @@ import numpy as np
 
 from data import bundled, pipeline
 from launch import mesh as mesh_lib
+from tests.helpers import REPO, free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 150
 BATCH, LENGTH, SEED, STEPS = 16, 32, 7, 2
 
@@ -65,12 +64,6 @@ WORKER = textwrap.dedent("""
 """).format(length=LENGTH, seed=SEED, batch=BATCH, steps=STEPS)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_build_the_same_global_batches(tmp_path):
     cache_dir = str(tmp_path / "tokens")
     # Build the token cache once up front, so the workers only load it.
@@ -80,7 +73,7 @@ def test_two_processes_build_the_same_global_batches(tmp_path):
     script.write_text(WORKER)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
                XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     outs = [str(tmp_path / f"out{i}") for i in range(2)]
     procs = [subprocess.Popen([sys.executable, str(script), address, str(i), cache_dir, outs[i]],
                               env=env, cwd=REPO, stdout=subprocess.PIPE,

@@ -17,8 +17,8 @@ import pytest
 from configs import electra as electra_configs
 from configs import t5 as t5_configs
 from launch import plan, plan_chips, plan_report
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_libtpu = pytest.mark.skipif(plan_chips.libtpu_version() is None,
                                   reason="libtpu not installed (pip install -e '.[plan]')")
 

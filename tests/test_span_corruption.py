@@ -7,10 +7,7 @@ The reference is loaded from t5/data/preprocessors.py directly: importing the ``
 would pull in its evaluation metrics' dependencies, which the preprocessors do not need.
 """
 
-import importlib.util
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -18,20 +15,9 @@ import seqio
 import tensorflow as tf
 
 from objectives import span_corruption as sc
+from tests.helpers import original_t5_preprocessors
 
-
-def load_original_preprocessors():
-    name = "t5_original_preprocessors"
-    if name not in sys.modules:  # gin refuses to register the same configurables twice
-        package_dir = pathlib.Path(importlib.util.find_spec("t5").submodule_search_locations[0])
-        spec = importlib.util.spec_from_file_location(name, package_dir / "data/preprocessors.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-T5 = load_original_preprocessors()
+T5 = original_t5_preprocessors()
 T5_VOCAB_SIZE = 32100  # 32000 sentencepiece pieces + 100 extra ids (seqio vocab_size).
 
 
@@ -319,3 +305,25 @@ def test_invalid_parameters_raise():
         sc.span_corruption_from_mask(tokens, np.zeros(5, bool), T5_VOCAB_SIZE)
     with pytest.raises(ValueError, match="tokens"):
         sc.span_corruption_from_mask(tokens.astype(float), np.zeros(568, bool), T5_VOCAB_SIZE)
+
+
+@pytest.mark.parametrize("mask", [
+    [0, 0, 1, 1, 0, 1, 0, 0, 1, 1],  # noise runs in the middle and at the end
+    [1, 1, 0, 0, 0, 1, 1, 1, 0, 1],  # noise at the start, adjacent runs of both kinds
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # no noise at all
+    [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],  # all noise
+    [1, 0, 1, 0, 1, 0, 1, 0, 1, 0],  # alternating: five runs each
+])
+def test_unique_sentinel_transforms_match_the_originals(mask):
+    """The public mirrors of T5's ``noise_span_to_unique_sentinel`` and
+    ``nonnoise_span_to_unique_sentinel``, bitwise on hand-made masks."""
+    tokens = np.arange(10, 20, dtype=np.int32)
+    noise = np.asarray(mask, bool)
+    vocabulary = seqio.PassThroughVocabulary(size=T5_VOCAB_SIZE)
+    for ours, theirs in ((sc.noise_span_to_unique_sentinel, T5.noise_span_to_unique_sentinel),
+                         (sc.nonnoise_span_to_unique_sentinel,
+                          T5.nonnoise_span_to_unique_sentinel)):
+        want = theirs(tf.constant(tokens), tf.constant(noise), vocabulary, seeds=None).numpy()
+        got = ours(tokens, noise, T5_VOCAB_SIZE)
+        assert got.dtype.kind == want.dtype.kind
+        np.testing.assert_array_equal(got, want)

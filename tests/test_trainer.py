@@ -5,35 +5,15 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from configs import t5 as t5_configs
 from launch import checkpoint as ckpt_lib
 from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
 from launch import trainer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny(steps=3, **sections):
-    """configs/t5.py:tiny on synthetic data, no periodic eval/checkpoints, fixed peak."""
-    config = t5_configs.get_config("tiny")
-    config.data.source = "synthetic"
-    config.train.steps = steps
-    config.train.eval_every = 0
-    config.train.peak_flops = 1e9
-    config.train.tensorboard = False
-    config.checkpoint.every = 0
-    for key, value in sections.items():
-        section, name = key.split("__")
-        config[section][name] = value
-    return config
-
-
-def losses(workdir):
-    return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
+from tests.helpers import REPO, cli_env, losses, tiny
 
 
 def test_same_losses_on_every_mesh(tmp_path):
@@ -105,18 +85,33 @@ def test_nan_stops_with_clear_error_and_keeps_the_good_checkpoint(tmp_path):
     assert [r["step"] for r in records] == [1] and np.isfinite(records[0]["loss"])
 
 
-def test_nan_skip_policy_drops_the_updates(tmp_path):
-    summary = trainer.train(_diverging("skip"), str(tmp_path))
-    assert summary["step"] == 3
+def test_nan_skip_policy_drops_exactly_that_update(tmp_path):
+    # A NaN loss (and NaN gradients) injected at step 2 only: with "skip" the params and
+    # optimizer state after step 2 are bitwise those after step 1, and training goes on.
+    config = tiny(steps=4, checkpoint__every=1, train__nan_policy="skip")
+    config.debug.inject_nan_at_step = 2
+    summary = trainer.train(config, str(tmp_path))
+    assert summary["step"] == 4
     values = losses(tmp_path)
-    assert np.isfinite(values[0]) and not np.isfinite(values[1])
-    # Skipped updates leave the params as they were after step 1: the same loss again.
-    assert values[2] == values[1] or (np.isnan(values[2]) and np.isnan(values[1]))
+    assert np.isfinite(values[0]) and np.isnan(values[1]) and np.all(np.isfinite(values[2:]))
+    states = {}
+    for step in (1, 2, 3):
+        states[step] = ckpt_lib.read_params(os.path.join(tmp_path, "checkpoints", str(step)))
+    for a, b in zip(jax.tree.leaves(states[1]), jax.tree.leaves(states[2]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(states[2]), jax.tree.leaves(states[3]), strict=True))
+
+
+def test_injected_nan_stops_with_the_last_good_checkpoint(tmp_path):
+    config = tiny(steps=4, checkpoint__every=1)
+    config.debug.inject_nan_at_step = 3
+    with pytest.raises(trainer.TrainingDiverged, match=r"at step 3.*Last good checkpoint: .*2"):
+        trainer.train(config, str(tmp_path))
 
 
 def _cli(config, workdir, *overrides, devices=8, timeout=600):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = cli_env(devices)
     return subprocess.run(
         [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}",
          *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
