@@ -10,8 +10,6 @@ cluster in tests/test_sweep_slurm.py, the TPU VM commands in tests/test_sweep_tp
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -20,21 +18,7 @@ from configs import t5 as t5_configs
 from launch import metrics as metrics_lib
 from launch import sweep_spec, sweep_state
 from launch.sweep_spec import Stage, Sweep, SweepError, named, product, seeds, values, zipped
-from tests.test_trainer import REPO
-
-
-def sweep_run(*args, env=None, check=True):
-    """``python -m launch.sweep ARGS`` -> stdout (the test fails with stderr if it fails)."""
-    result = subprocess.run([sys.executable, "-m", "launch.sweep", *args], cwd=REPO,
-                            env=env or os.environ, capture_output=True, text=True, timeout=900)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result if not check else result.stdout
-
-
-def losses(workdir):
-    return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
-
+from tests.helpers import REPO, losses, sweep_run
 
 TINY = "configs/t5.py:tiny"
 

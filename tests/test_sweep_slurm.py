@@ -18,8 +18,7 @@ import pytest
 
 from launch import sweep as sweep_cli
 from launch import sweep_state
-from tests.test_sweep import losses, sweep_run
-from tests.test_trainer import REPO
+from tests.helpers import REPO, losses, sweep_run
 
 STEPS = 16  # two runs identically to one for ~20 steps; later, float noise grows (chaos)
 SWEEP = f'''

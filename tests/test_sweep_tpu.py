@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.test_sweep import sweep_run
+from tests.helpers import sweep_run
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 GIT = ("--git_url=https://github.com/example/pretrax.git", "--git_ref=6d0d24e")
