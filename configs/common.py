@@ -21,6 +21,10 @@ Sections:
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -193,3 +197,47 @@ def parse_arg(arg: str | None, known: tuple[str, ...], file: str) -> str:
     if variant not in known:
         raise ValueError(f"{file}: unknown variant {variant!r}; expected one of {known}")
     return variant
+
+
+# Resolved configs on disk: what a run trained with, and how a sweep pins what a run will train.
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """``config.json`` (machine-readable) and ``config.txt`` (ml_collections' own dump)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_json(config))
+    with open(os.path.join(workdir, "config.txt"), "w") as f:
+        f.write(str(config))
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+    """A ``config.json`` back into :func:`base_config` (key by key, so types are checked).
+
+    A key the base config no longer has, or a value of the wrong type, is an error naming the
+    file and the key: the file came from another version of pretrax.
+    """
+    with open(path) as f:
+        values = json.load(f)
+    config = base_config()
+
+    def assign(target: ml_collections.ConfigDict, tree: dict[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if key not in target:
+                raise ValueError(f"{path}: key {name!r} is not in configs/common.py's base "
+                                 "config (written by another version of pretrax?)")
+            if isinstance(target[key], ml_collections.ConfigDict):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{path}: {name!r} should be a section, got {value!r}")
+                assign(target[key], value, f"{name}.")
+                continue
+            try:
+                target[key] = value
+            except TypeError as error:
+                raise ValueError(f"{path}: {name}={value!r}: {error}") from None
+
+    assign(config, values, "")
+    return config

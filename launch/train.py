@@ -11,12 +11,12 @@ one line saying what and why; ``--verbose`` shows the traceback.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from configs import common
 
 FLAGS = flags.FLAGS
 
@@ -54,16 +54,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
-def write_config(config, workdir: str) -> None:
-    """``config.json`` (machine-readable) and ``config.txt`` (ml_collections' own dump)."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(workdir, "config.txt"), "w") as f:
-        f.write(str(config))
-
-
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -79,10 +69,10 @@ def main(argv: list[str]) -> int:
     # orbax logs every file it writes at INFO; keep the console to the progress line.
     logging.set_verbosity(logging.WARNING)
     config, workdir = FLAGS.config, FLAGS.workdir
-    trainer.initialize_distributed(config.distributed)
-    if jax.process_index() == 0:
-        write_config(config, workdir)
     try:
+        trainer.initialize_distributed(config.distributed)
+        if jax.process_index() == 0:
+            common.write_config(config, workdir)
         summary = trainer.train(config, workdir)
     except (trainer.TrainingDiverged, ckpt_lib.DiskFull) as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
@@ -121,8 +111,6 @@ def _print_summary(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    from configs import common
-
     try:
         common.check_renamed(sys.argv[1:])
     except ValueError as error:

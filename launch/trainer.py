@@ -15,7 +15,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -59,12 +61,64 @@ def _startup_errors():
 # ---------------------------------------------------------------------------------------------
 # Multi-host start-up.
 # ---------------------------------------------------------------------------------------------
+def _slurm_hosts(nodelist: str) -> list[str]:
+    """``node[01-03,07],gpu5`` -> the host names (what ``scontrol show hostnames`` prints)."""
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]*)\]|([^,\[]+)", nodelist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            for i in range(int(first), int(last or first) + 1):
+                hosts.append(f"{prefix}{i:0{len(first)}d}")
+    return hosts
+
+
+def _tasks_on_node(tasks_per_node: str, node_id: int) -> int:
+    """``SLURM_STEP_TASKS_PER_NODE`` (``2(x3),1``) -> the task count of node ``node_id``."""
+    counts = []
+    for count, repeat in re.findall(r"(\d+)(?:\(x(\d+)\))?", tasks_per_node):
+        counts += [int(count)] * int(repeat or 1)
+    return counts[node_id]
+
+
+def slurm_arguments(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """``jax.distributed.initialize`` arguments for a multi-task SLURM job step; None otherwise.
+
+    jax detects SLURM itself but (a) only inside an ``srun`` step: in an ``sbatch`` script or
+    an ``salloc`` shell of several tasks it fails with "coordinator_address should be defined",
+    so we say what to do instead; (b) it restricts every process to the one local device
+    numbered ``SLURM_LOCALID``, which is right for one task per GPU and leaves all but one GPU
+    idle with one task per host, so a node running one task keeps every device.
+    """
+    if "SLURM_JOB_ID" not in env:
+        return None
+    if "SLURM_STEP_NODELIST" not in env:
+        if int(env.get("SLURM_NTASKS", "1")) > 1:
+            raise StartupError(
+                f"this process runs in SLURM job {env['SLURM_JOB_ID']} of "
+                f"{env['SLURM_NTASKS']} tasks but outside a job step; start every task with "
+                "`srun python -m launch.train ...`, or pass --config.distributed.mode=off to "
+                "train in this one process")
+        return None
+    num_processes = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    if num_processes == 1:
+        return None
+    if _tasks_on_node(env.get("SLURM_STEP_TASKS_PER_NODE", str(num_processes)),
+                      int(env.get("SLURM_NODEID", "0"))) > 1:
+        return {}  # one task per device: jax's own detection is right
+    # The coordinator is process 0 on the step's first host; the port is jax's choice.
+    port = env.get("JAX_COORDINATOR_PORT") or int(env["SLURM_JOB_ID"]) % 4096 + 61440
+    return {"coordinator_address": f"{_slurm_hosts(env['SLURM_STEP_NODELIST'])[0]}:{port}",
+            "num_processes": num_processes, "process_id": int(env["SLURM_PROCID"]),
+            "cluster_detection_method": "deactivate"}
+
+
 def _cluster_detected() -> bool:
     """Environments where ``jax.distributed.initialize()`` finds its peers by itself."""
     env = os.environ
     if env.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
         return True
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
         return True
@@ -87,9 +141,11 @@ def initialize_distributed(cfg: Any) -> None:
         jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
     if cfg.mode == "off" or jax.distributed.is_initialized():
         return
-    if cfg.mode == "auto" and not (cfg.coordinator_address or _cluster_detected()):
+    slurm = None if cfg.coordinator_address else slurm_arguments(os.environ)
+    if cfg.mode == "auto" and not (cfg.coordinator_address or slurm is not None
+                                   or _cluster_detected()):
         return
-    kwargs = {"initialization_timeout": cfg.initialization_timeout}
+    kwargs = {"initialization_timeout": cfg.initialization_timeout, **(slurm or {})}
     if cfg.coordinator_address:
         kwargs["coordinator_address"] = cfg.coordinator_address
     if cfg.num_processes is not None:
@@ -97,6 +153,26 @@ def initialize_distributed(cfg: Any) -> None:
     if cfg.process_id is not None:
         kwargs["process_id"] = cfg.process_id
     jax.distributed.initialize(**kwargs)
+
+
+def _compile_then_meet(program: step_lib.Program, config: Any, evaluates: bool) -> None:
+    """Compiles the steps, then waits for every process at a coordination-service barrier.
+
+    A step's first collective must be joined by every process within gloo's fixed 30 s (CPU
+    collectives), and compiling takes longer than that on a loaded machine: a process that
+    compiled faster than its peer failed with "Gloo context initialization failed:
+    DEADLINE_EXCEEDED" (seen with two SLURM tasks on one busy 2-core node). jit reuses these
+    executables, so step 1 starts on every process at the same moment.
+    """
+    with mesh_lib.use_mesh(program.mesh, program.rules):
+        program.lower().compile()
+        if evaluates:
+            program.eval_step.lower(program.abstract_state["params"], program.abstract_batch(),
+                                    program.eval_key).compile()
+    from jax._src import distributed
+
+    distributed.global_state.client.wait_at_barrier(
+        "pretrax_steps_compiled", config.distributed.initialization_timeout * 1000)
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -251,6 +327,10 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
                     os.path.join(workdir, "predictions", f"validation-{step}.jsonl"),
                     limit=config.train.task_eval_examples))
             return out
+
+    # ===== Several processes: compile, then start together =====
+    if jax.process_count() > 1:
+        _compile_then_meet(program, config, eval_examples is not None)
 
     # ===== Metrics, throughput, signals =====
     writer = metrics_lib.MetricsWriter(

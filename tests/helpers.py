@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pathlib
 import socket
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,15 @@ def losses(workdir) -> list[float]:
     from launch import metrics as metrics_lib
 
     return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
+
+
+def sweep_run(*args, env=None, check=True):
+    """``python -m launch.sweep ARGS`` -> stdout (the test fails with stderr if it fails)."""
+    result = subprocess.run([sys.executable, "-m", "launch.sweep", *args], cwd=REPO,
+                            env=env or os.environ, capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result if not check else result.stdout
 
 
 def tiny(steps: int = 3, **sections):

@@ -138,13 +138,14 @@ def test_restore_on_a_different_device_count(runs, tmp_path, devices):
 
 def test_convert_to_hf_and_back(runs, tmp_path):
     """Checkpoint -> HF dir (launch.convert) -> params again, also as an init_from source."""
-    from launch import convert, train
+    from configs import common
+    from launch import convert
     from modeling import hf
 
     root, _ = runs
     run = tmp_path / "run"
     shutil.copytree(root / "a", run)
-    train.write_config(tiny(), str(run))
+    common.write_config(tiny(), str(run))
     model, params = convert.load_run_params(str(run))
     convert.main(["to_hf", str(run), str(tmp_path / "hf")])
     assert ckpt_lib.is_hf_dir(str(tmp_path / "hf"))

@@ -1,0 +1,261 @@
+"""Cloud TPU VM backend: the ``gcloud compute tpus`` commands that run a sweep, one script a slice.
+
+``--backend=tpu_vm`` writes ``ROOT/tpu/SLICE.sh`` for every slice (one per run, or several
+runs one after another on a slice when they name the same ``tpu.slice``) and prints them;
+``--execute`` also runs them here, one slice at a time (``--parallel=N`` slices at once), with
+the output in ``ROOT/tpu/SLICE.log``. A script:
+
+1. creates the slice unless it exists: ``tpu-vm create --accelerator-type --version`` (``--spot``
+   for ``tpu.provisioning="spot"``), or a queued resource (``"queued"``, ``"queued_spot"``) and
+   waits until it is ACTIVE;
+2. installs pretrax on every worker (``ssh --worker=all``) from ``--git_url`` at ``--git_ref``
+   (default: this checkout's ``origin`` and ``HEAD``), then runs the sweep's ``tpu.setup``
+   commands (mounting the shared filesystem, ...);
+3. runs each run's ``launch.train`` on every worker, with the same config file and overrides as
+   the expansion (the git ref pins the code, so they resolve to the same config) and its
+   workdir under ``tpu.workdir_root``, a path every worker mounts (gcsfuse, Filestore);
+   a run's exit code goes to ``ROOT/RUN/sweep/exit_code`` for ``status``;
+4. deletes the slice when the script ends, also after a failure (a slice costs by the hour).
+
+Rerunning a script (``retry`` does) recreates the slice and resumes each run from the newest
+checkpoint in its workdir. No cloud is reachable from the tests: tests/test_sweep_tpu.py checks
+the scripts against golden files and runs them against a recording stand-in for ``gcloud``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+
+from launch import sweep_backends, sweep_spec, sweep_state
+from launch.sweep_spec import Run, SweepError
+
+PROVISIONING = ("on_demand", "spot", "queued", "queued_spot")
+SLICE_KEYS = ("project", "zone", "accelerator_type", "version", "provisioning",
+              "extra_create_flags", "setup")
+PIP_JAX = "jax[tpu]>=0.10,<0.13"  # setup.cfg's jax range, with libtpu
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tpu_vm")
+    group.add_argument("--execute", action="store_true",
+                       help="tpu_vm: run the gcloud scripts (default: only write them)")
+    group.add_argument("--git_url", help="tpu_vm: the repository the workers install "
+                                         "(default: this checkout's origin)")
+    group.add_argument("--git_ref", help="tpu_vm: the commit, tag or branch they install "
+                                         "(default: this checkout's HEAD)")
+    group.add_argument("--run_root", help="tpu_vm: where runs write on the workers "
+                                          "(default: the sweep's tpu.workdir_root)")
+
+
+def run_root(sweep: sweep_spec.Sweep, args: argparse.Namespace) -> str:
+    root = args.run_root or sweep.fixed.get("tpu.workdir_root")
+    if not root:
+        raise SweepError(
+            f"{args.sweep}: tpu_vm runs write their checkpoints where every worker sees them; "
+            "set \"tpu.workdir_root\" in the sweep's fixed settings (a gcsfuse or Filestore "
+            "mount, e.g. /mnt/gcs/pretrax) or pass --run_root")
+    return os.path.join(root, sweep.name)
+
+
+def _git(args: argparse.Namespace) -> tuple[str, str]:
+    def ask(*command: str) -> str | None:
+        result = subprocess.run(["git", "-C", sweep_spec.REPO, *command], capture_output=True,
+                                text=True)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    url = args.git_url or ask("remote", "get-url", "origin")
+    ref = args.git_ref or ask("rev-parse", "HEAD")
+    if not url or not ref:
+        raise SweepError("tpu_vm: the workers install pretrax with git; pass --git_url=URL "
+                         "and --git_ref=COMMIT (this checkout has no 'origin' remote to "
+                         "default to)")
+    return url, ref
+
+
+def _slice_name(run: Run, index: int, sweep_name: str) -> str:
+    name = run.tpu()["slice"] or f"pretrax-{sweep_name}-{index}"
+    name = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
+    if not re.match(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$", name):
+        raise SweepError(f"run {run.name}: TPU name {name!r} must start with a letter and hold "
+                         "at most 63 lowercase letters, digits and hyphens (set tpu.slice)")
+    return name
+
+
+def slices(runs: Sequence[Run], all_runs: Sequence[Run],
+           sweep_name: str) -> dict[str, list[Run]]:
+    """Slice name -> its runs, in sweep order; the runs of a slice agree on the slice."""
+    grouped: dict[str, list[Run]] = {}
+    chosen = {run.name for run in runs}
+    for index, run in enumerate(all_runs):  # indices of the whole sweep: stable names
+        if run.name in chosen:
+            grouped.setdefault(_slice_name(run, index, sweep_name), []).append(run)
+    for name, group in grouped.items():
+        first = group[0].tpu()
+        for key in ("zone", "accelerator_type", "version"):
+            if not first[key]:
+                raise SweepError(f"run {group[0].name}: tpu.{key} is not set")
+        if first["provisioning"] not in PROVISIONING:
+            raise SweepError(f"run {group[0].name}: tpu.provisioning="
+                             f"{first['provisioning']!r}; expected one of {PROVISIONING}")
+        for run in group[1:]:
+            differ = [k for k in SLICE_KEYS if run.tpu()[k] != first[k]]
+            if differ:
+                raise SweepError(f"runs {group[0].name} and {run.name} share slice {name} but "
+                                 f"differ in tpu.{', tpu.'.join(differ)}")
+    return grouped
+
+
+def _where(tpu: dict) -> list[str]:
+    return ([f"--project={tpu['project']}"] if tpu["project"] else []) + [f"--zone={tpu['zone']}"]
+
+
+def _gcloud(*argv: str) -> str:
+    """``gcloud ARGV`` as a shell line; ``--command=`` texts in double quotes where that is safe
+    (they are then read as written), otherwise quoted by shlex."""
+    words = []
+    for arg in ["gcloud", *argv]:
+        text = arg.removeprefix("--command=")
+        if text != arg and not re.search(r'["$`\\!]', text):
+            words.append(f'--command="{text}"')
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
+
+
+def _wrap(line: str, *breaks: str) -> str:
+    """Continues ``line`` on a new line before each of ``breaks`` (for a reader)."""
+    for word in breaks:
+        line = line.replace(f" {word}", f" \\\n    {word}", 1)
+    return line
+
+
+def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_ref: str,
+           local_root: str) -> str:
+    """The bash script of one slice (see the module docstring)."""
+    tpu = runs[0].tpu()
+    where = _where(tpu)
+    queued = tpu["provisioning"].startswith("queued")
+    spot = ["--spot"] if tpu["provisioning"] in ("spot", "queued_spot") else []
+    shape = [f"--accelerator-type={tpu['accelerator_type']}",
+             f"--{'runtime-version' if queued else 'version'}={tpu['version']}", *spot,
+             *tpu["extra_create_flags"]]
+    ssh = ["compute", "tpus", "tpu-vm", "ssh", name, *where, "--worker=all"]
+    lines = [
+        "#!/bin/bash",
+        f"# pretrax sweep {sweep_name}: slice {name}, {tpu['accelerator_type']} "
+        f"({tpu['provisioning'].replace('_', ' ')}), "
+        + (f"{len(runs)} runs one after another." if len(runs) > 1 else f"run {runs[0].name}."),
+        "# Written by `python -m launch.sweep --backend=tpu_vm`. Rerunning it resumes every run",
+        "# from the newest checkpoint in its workdir.",
+        "set -u -o pipefail",
+        f"SWEEP_ROOT={shlex.quote(local_root)}  # run states for `launch.sweep status`",
+        "",
+    ]
+    if queued:
+        describe = ["compute", "tpus", "queued-resources", "describe", name, *where]
+        create = ["compute", "tpus", "queued-resources", "create", name, f"--node-id={name}",
+                  *where, *shape]
+        delete = ["compute", "tpus", "queued-resources", "delete", name, *where, "--force",
+                  "--quiet"]
+        lines += [
+            "# Queue for the slice unless it is queued already; delete it when this script "
+            "ends (also",
+            "# on failure); wait until it is ACTIVE.",
+            _wrap(f"{_gcloud(*describe)} >/dev/null 2>&1 || {_gcloud(*create)} || exit 1",
+                  "|| gcloud", "--accelerator-type", "|| exit"),
+            f"trap {shlex.quote(_gcloud(*delete))} EXIT",
+            "while true; do",
+            f"  state=$({_gcloud(*describe, '--format=value(state.state)')})",
+            '  case "$state" in',
+            "    ACTIVE) break ;;",
+            f'    FAILED|SUSPENDED) echo "queued resource {name} is $state" >&2; exit 1 ;;',
+            "  esac",
+            "  sleep 60",
+            "done",
+        ]
+    else:
+        describe = ["compute", "tpus", "tpu-vm", "describe", name, *where]
+        create = ["compute", "tpus", "tpu-vm", "create", name, *where, *shape]
+        delete = ["compute", "tpus", "tpu-vm", "delete", name, *where, "--quiet"]
+        lines += [
+            "# Create the slice unless it exists; delete it when this script ends (also on "
+            "failure).",
+            _wrap(f"{_gcloud(*describe)} >/dev/null 2>&1 || {_gcloud(*create)} || exit 1",
+                  "|| gcloud", "--accelerator-type", "|| exit"),
+            f"trap {shlex.quote(_gcloud(*delete))} EXIT",
+        ]
+    install = (f"set -e; [ -d ~/pretrax ] || git clone -q {shlex.quote(git_url)} ~/pretrax; "
+               f"cd ~/pretrax && git fetch -q origin && git checkout -q {shlex.quote(git_ref)}"
+               f" && python3 -m pip install -q -e . {shlex.quote(PIP_JAX)}")
+    lines += ["", "# Install pretrax at the sweep's commit on every worker, then set them up.",
+              _wrap(_gcloud(*ssh, f"--command={install}") + " || exit 1", "--command", "|| exit")]
+    for command in tpu["setup"]:
+        lines.append(_wrap(_gcloud(*ssh, f"--command={command}") + " || exit 1", "--command",
+                           "|| exit"))
+    for run in runs:
+        env = sweep_backends.run_env(run, sweep_name)
+        remote = ("cd ~/pretrax && " + shlex.join([f"{k}={v}" for k, v in env.items()]) + " "
+                  + shlex.join(["python3", "-m", "launch.train", f"--config={run.config}",
+                                *sweep_spec.override_flags(run), f"--workdir={run.workdir}"]))
+        exit_file = os.path.relpath(sweep_state.exit_code_path(run), local_root)
+        lines += ["", f"# Run {run.name}.", _wrap(_gcloud(*ssh, f"--command={remote}"),
+                                                  "--command"),
+                  f'echo $? > "$SWEEP_ROOT"/{shlex.quote(exit_file)}']
+    return "\n".join(lines) + "\n"
+
+
+def script_dir(args: argparse.Namespace) -> str:
+    return os.path.join(os.path.abspath(args.root), "tpu")
+
+
+def scripts(runs: Sequence[Run], sweep_name: str, args: argparse.Namespace,
+            all_runs: Sequence[Run] | None = None) -> dict[str, str]:
+    """Script path -> text for the slices of ``runs``."""
+    git_url, git_ref = _git(args)
+    return {os.path.join(script_dir(args), f"{name}.sh"): script(
+        name, group, sweep_name, git_url, git_ref, os.path.abspath(args.root))
+            for name, group in slices(runs, all_runs or runs, sweep_name).items()}
+
+
+def launch(runs: Sequence[Run], all_runs: Sequence[Run], sweep_name: str,
+           args: argparse.Namespace) -> int:
+    """Writes the slices' scripts; with ``--execute`` runs them, ``--parallel`` at a time."""
+    written = scripts(runs, sweep_name, args, all_runs)
+    os.makedirs(script_dir(args), exist_ok=True)
+    for path, text in written.items():
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+        print(f"wrote {path}")
+    if not args.execute:
+        print("run them with --execute (or by hand); each resumes its runs when rerun")
+        return 0
+    groups = slices(runs, all_runs, sweep_name)
+    todo, active, failed = list(written), {}, 0
+    while todo or active:
+        while todo and len(active) < args.parallel:
+            path = todo.pop(0)
+            name = os.path.basename(path)[:-3]
+            for run in groups[name]:
+                if os.path.exists(sweep_state.exit_code_path(run)):
+                    os.remove(sweep_state.exit_code_path(run))
+            with open(path[:-3] + ".log", "a") as log:
+                process = subprocess.Popen(["bash", path], stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL)
+            for run in groups[name]:
+                sweep_state.record_job(run, "tpu_vm", name, pid=process.pid, script=path)
+            active[path] = process
+            print(f"{name}: started {path} (log {path[:-3]}.log)")
+        time.sleep(0.2)
+        for path, process in list(active.items()):
+            if process.poll() is not None:
+                del active[path]
+                failed += process.returncode != 0
+                print(f"{os.path.basename(path)[:-3]}: finished (exit {process.returncode})")
+    return 1 if failed else 0
