@@ -60,6 +60,22 @@ def _is_disk_full(error: BaseException) -> bool:
     return False
 
 
+class _DiskFullRecords(logging.Filter):
+    """Drops orbax's background-thread tracebacks of a full disk: :class:`DiskFull` says it in
+    one sentence (they repeat the same error four times, ~300 lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not ((error is not None and _is_disk_full(error))
+                    or "No space left" in record.getMessage()
+                    or "RESOURCE_EXHAUSTED" in record.getMessage())
+
+
+_DISK_FULL_FILTER = _DiskFullRecords()
+
+
 def _size_mb(path: str) -> float:
     total = 0
     for root, _, files in os.walk(path):
@@ -90,6 +106,9 @@ class Checkpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(directory, options=options,
                                              item_names=(STATE_ITEM, DATA_ITEM))
+        for name in ("absl", ""):  # orbax logs through absl (and the root logger)
+            if _DISK_FULL_FILTER not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_DISK_FULL_FILTER)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
