@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from jax.sharding import SingleDeviceSharding
 
 from launch import checkpoint as ckpt_lib
@@ -88,8 +89,7 @@ def test_corrupt_latest_falls_back_without_deleting(runs, capsys):
 def _abstract_params(config):
     objective = registry.build(config)
     shapes = jax.eval_shape(objective.init_fn, jax.random.key(0))["params"]
-    shapes = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, shapes,
-                          is_leaf=lambda x: hasattr(x, "names"))
+    shapes = nn.unbox(shapes)
     sharding = SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         shapes)
@@ -155,7 +155,9 @@ def test_convert_to_hf_and_back(runs, tmp_path):
         "<extra_id_0>") == params["token_embedder"]["embedding"].shape[0] - 1
     _, back = hf.from_hf(str(tmp_path / "hf"))
     jax.tree.map(np.testing.assert_array_equal, back, jax.device_get(params))
-    warm = trainer._warm_start(str(tmp_path / "hf"), _abstract_params(tiny()))
+    from launch import step as step_lib
+
+    warm = trainer._warm_start(str(tmp_path / "hf"), step_lib.build(tiny()), None, False)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(warm), jax.device_get(params))
     # And HF -> a params-only checkpoint that init_from reads.
     convert.main(["from_hf", str(tmp_path / "hf"), str(tmp_path / "imported")])
