@@ -43,6 +43,7 @@ class Entry:
     family: str  # "t5" | "electra": which model the objective trains (for docs and errors)
     build: Callable[[Any], Objective]
     denoiser: denoising.Denoiser | None = None  # the host-side recipe of a T5 objective
+    finetune: bool = False  # trains on a downstream task (objectives/finetune.py)
 
 
 def _t5(d: denoising.Denoiser) -> Entry:
@@ -62,8 +63,8 @@ OBJECTIVES: dict[str, Entry] = {
     "replace_mlm": _electra(rtd.replace_mlm_loss, "main_mlm", "Table 5: Replace MLM"),
     "all_tokens_mlm": _electra(rtd.all_tokens_mlm_loss, "all_tokens",
                                "Table 5: All-Tokens MLM"),
-    "classify": Entry("electra", finetune.build_classify),
-    "text_to_text": Entry("t5", finetune.build_text_to_text),
+    "classify": Entry("electra", finetune.build_classify, finetune=True),
+    "text_to_text": Entry("t5", finetune.build_text_to_text, finetune=True),
 }
 
 

@@ -17,8 +17,10 @@ from data import vocab as vocab_lib
 from objectives import electra_family, registry, t5_family
 
 SPECIAL = vocab_lib.special_ids()
-ELECTRA_NAMES = [n for n, e in registry.OBJECTIVES.items() if e.family == "electra"]
-T5_NAMES = [n for n, e in registry.OBJECTIVES.items() if e.family == "t5"]
+# Pretraining objectives (the fine-tuning ones are tested in test_finetune.py).
+ELECTRA_NAMES = [n for n, e in registry.OBJECTIVES.items()
+                 if e.family == "electra" and not e.finetune]
+T5_NAMES = [n for n, e in registry.OBJECTIVES.items() if e.family == "t5" and not e.finetune]
 
 
 def _electra_batch(config, seed=0):
