@@ -33,10 +33,13 @@ def test_disk_full_during_a_save_says_so_and_the_run_resumes_after(tmp_path):
         workdir = disk / "run"
         full = _train(workdir)
         assert full.returncode == 1
-        assert full.stderr.strip().splitlines() == [
+        # The last line says it all; orbax's own tracebacks of the full disk are filtered
+        # (its timing warnings, e.g. a slow previous save on a loaded machine, may remain).
+        assert full.stderr.strip().splitlines()[-1] == (
             f"ERROR: disk full while saving step 4 to {workdir}/checkpoints (a checkpoint "
             "takes ~2 MB); checkpoint 2 is intact. Free space (or point --workdir elsewhere) "
-            "and rerun to resume."]
+            "and rerun to resume.")
+        assert "Traceback" not in full.stderr and "RESOURCE_EXHAUSTED" not in full.stderr
         checkpoints = sorted(os.listdir(workdir / "checkpoints"))
         assert checkpoints == ["2", "4.orbax-checkpoint-tmp"]
 

@@ -88,7 +88,7 @@ def test_nan_stops_with_clear_error_and_keeps_the_good_checkpoint(tmp_path):
 def test_nan_skip_policy_drops_exactly_that_update(tmp_path):
     # A NaN loss (and NaN gradients) injected at step 2 only: with "skip" the params and
     # optimizer state after step 2 are bitwise those after step 1, and training goes on.
-    config = tiny(steps=4, checkpoint__every=1, train__nan_policy="skip")
+    config = tiny(steps=4, checkpoint__every=1, checkpoint__keep=10, train__nan_policy="skip")
     config.debug.inject_nan_at_step = 2
     summary = trainer.train(config, str(tmp_path))
     assert summary["step"] == 4
