@@ -61,19 +61,46 @@ def _is_disk_full(error: BaseException) -> bool:
 
 
 class _DiskFullRecords(logging.Filter):
-    """Drops orbax's background-thread tracebacks of a full disk: :class:`DiskFull` says it in
-    one sentence (they repeat the same error four times, ~300 lines)."""
+    """Drops the background threads' reports of a full disk: :class:`DiskFull` says it in one
+    sentence (orbax, asyncio and tensorstore repeat the same error dozens of times)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "orbax" not in record.pathname:
-            return True
         error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
         return not ((error is not None and _is_disk_full(error))
-                    or "No space left" in record.getMessage()
-                    or "RESOURCE_EXHAUSTED" in record.getMessage())
+                    or "No space left" in message or "RESOURCE_EXHAUSTED" in message)
 
 
 _DISK_FULL_FILTER = _DiskFullRecords()
+
+
+def _quiet_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that drops what a failed async save leaves behind: tensorstore
+    completes the writes still in flight on orbax's already-closed event loop ("Event loop is
+    closed", one traceback per write) and the disk-full errors themselves."""
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if (isinstance(error, RuntimeError) and str(error) == "Event loop is closed") or (
+                error is not None and _is_disk_full(error)):
+            return
+        previous(unraisable)
+
+    hook.pretrax_quiet = True
+    return hook
+
+
+def _install_quiet_reporting() -> None:
+    import sys
+
+    # Handlers as well as loggers: a logger's own filters do not see records propagated from
+    # its children (asyncio's "Task exception was never retrieved" reaches the root handlers).
+    root = logging.getLogger()
+    for target in (root, logging.getLogger("absl"), *root.handlers):
+        if _DISK_FULL_FILTER not in target.filters:
+            target.addFilter(_DISK_FULL_FILTER)
+    if not getattr(sys.unraisablehook, "pretrax_quiet", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 def _size_mb(path: str) -> float:
@@ -97,18 +124,18 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, every: int, keep: int, keep_period: int = 0,
-                 async_save: bool = True, log: Callable[[str], None] = print):
+                 async_save: bool = True, check_free_space: bool = True,
+                 log: Callable[[str], None] = print):
         if keep < 1:
             raise ValueError(f"config.checkpoint.keep={keep}; expected >= 1")
         self.directory, self.every, self.log = directory, every, log
+        self.check_free_space = check_free_space
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_period or None, create=True,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(directory, options=options,
                                              item_names=(STATE_ITEM, DATA_ITEM))
-        for name in ("absl", ""):  # orbax logs through absl (and the root logger)
-            if _DISK_FULL_FILTER not in logging.getLogger(name).filters:
-                logging.getLogger(name).addFilter(_DISK_FULL_FILTER)
+        _install_quiet_reporting()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -128,13 +155,46 @@ class Checkpointer:
         with self._disk_errors(step):
             self.manager.wait_until_finished()  # a failed earlier async save surfaces here
             self._pending = step
+            self._check_space(step, state)
             saved = bool(self.manager.save(step, args=args, force=True))
         return saved
+
+    def _check_space(self, step: int, state: Any) -> None:
+        """Refuses a save that cannot fit BEFORE orbax starts writing it.
+
+        A checkpoint needs about as much as the newest one on disk (else the state's bytes); a
+        save that runs out of space half-way is still caught by :meth:`_disk_errors`, but
+        starting one that cannot fit wastes its write and floods the log with orbax's and
+        tensorstore's background errors. Local directories only (an object store has no
+        ``statvfs``); every process takes process 0's decision, so none enters the save alone.
+        """
+        if not self.check_free_space or "://" in self.directory:
+            return
+        steps = self.all_steps()
+        need = (_size_mb(os.path.join(self.directory, str(steps[-1]))) if steps else
+                sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes")) / 2**20)
+        free = shutil.disk_usage(self.directory).free / 2**20
+        short = need * 1.05 + 1 > free
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            short = bool(multihost_utils.broadcast_one_to_all(np.asarray(short)))
+        if short:
+            raise DiskFull(self._full_message(
+                step, f" (a checkpoint takes ~{need:.1f} MB, {free:.1f} MB free)"))
+
+    def _full_message(self, step: int, need: str) -> str:
+        intact = [s for s in self.all_steps() if s != step]
+        return (f"disk full while saving step {step} to {self.directory}{need}; "
+                + (f"checkpoint {intact[-1]} is intact" if intact else "no earlier checkpoint")
+                + ". Free space (or point --workdir elsewhere) and rerun to resume.")
 
     @contextlib.contextmanager
     def _disk_errors(self, step: int | None):
         try:
             yield
+        except DiskFull:
+            raise
         except Exception as error:
             if not _is_disk_full(error):
                 raise
@@ -142,10 +202,7 @@ class Checkpointer:
             intact = [s for s in self.all_steps() if s != failed]
             sizes = [_size_mb(os.path.join(self.directory, str(s))) for s in intact[-1:]]
             need = f" (a checkpoint takes ~{sizes[0]:.0f} MB)" if sizes and sizes[0] else ""
-            raise DiskFull(
-                f"disk full while saving step {failed} to {self.directory}{need}; "
-                + (f"checkpoint {intact[-1]} is intact" if intact else "no earlier checkpoint")
-                + ". Free space (or point --workdir elsewhere) and rerun to resume.") from error
+            raise DiskFull(self._full_message(failed, need)) from error
 
     def restore(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
         """(step, state, data_state) of the newest READABLE step, or None when there is none.

@@ -279,7 +279,8 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
         checkpointer = ckpt_lib.Checkpointer(
             ckpt_lib.checkpoint_dir(workdir), every=config.checkpoint.every,
             keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
-            async_save=config.checkpoint.async_save, log=log)
+            async_save=config.checkpoint.async_save,
+            check_free_space=config.checkpoint.check_free_space, log=log)
         data_state = None
         restored = checkpointer.restore(program.abstract_state)
         if restored is not None:
