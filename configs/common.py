@@ -162,6 +162,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.distributed.process_id = config_dict.placeholder(int)
     config.distributed.initialization_timeout = 300  # seconds
     config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
+    # A process silent this long is declared dead by the coordination service; every other
+    # process then exits (code 3) with one line naming it, the step and the newest checkpoint.
+    config.distributed.heartbeat_timeout = 60  # seconds (JAX's own default is 100)
+    # Run a multi-process job's trainer in a watched child process (launch/supervise.py), so
+    # a dead peer or coordinator ends it with that line instead of the runtime's stack dump.
+    config.distributed.supervise = True
 
     # -- debug: deliberate fault injection (launch/step.py), for fault drills and tests ------
     config.debug = ml_collections.ConfigDict()

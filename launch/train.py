@@ -6,7 +6,9 @@ reproduced from its folder; a later start in the same ``DIR`` resumes from its l
 checkpoint. Exit code 0 on success and after a SIGTERM/SIGINT (checkpoint saved), 1 when the
 loss became NaN/Inf (the last good checkpoint stays intact), 2 when the run cannot start (a bad
 flag or config value, mesh, vocabulary, corpus or checkpoint, a workdir another job holds):
-one line saying what and why; ``--verbose`` shows the traceback.
+one line saying what and why; ``--verbose`` shows the traceback. 3 when another process of a
+multi-process job (or its coordinator) stopped responding: one line naming it, the step and the
+newest checkpoint, within ``config.distributed.heartbeat_timeout`` seconds (launch/supervise.py).
 """
 
 from __future__ import annotations
@@ -64,24 +66,37 @@ def main(argv: list[str]) -> int:
     import jax
 
     from launch import checkpoint as ckpt_lib
-    from launch import trainer
+    from launch import supervise, trainer
 
     # orbax logs every file it writes at INFO; keep the console to the progress line.
     logging.set_verbosity(logging.WARNING)
     config, workdir = FLAGS.config, FLAGS.workdir
+    if supervise.is_child():
+        supervise.die_with_parent()
+    else:
+        try:
+            watch = (config.distributed.supervise
+                     and trainer.multi_process_expected(config.distributed))
+        except ValueError as error:
+            print(f"ERROR: {error}", file=sys.stderr, flush=True)
+            return 2
+        if watch:
+            return supervise.run(sys.argv[1:], workdir, config.distributed.heartbeat_timeout)
     try:
         trainer.initialize_distributed(config.distributed)
         if jax.process_index() == 0:
             common.write_config(config, workdir)
         summary = trainer.train(config, workdir)
-    except (trainer.TrainingDiverged, ckpt_lib.DiskFull) as error:
-        print(f"ERROR: {error}", file=sys.stderr, flush=True)
-        return 1
-    except trainer.StartupError as error:
-        if FLAGS.verbose:
-            raise
-        print(f"ERROR: {error}", file=sys.stderr, flush=True)
-        return 2
+    except Exception as error:
+        if supervise.is_child() and supervise.is_collective_failure(error):
+            supervise.peer_lost(error, config.distributed.heartbeat_timeout)  # does not return
+        if isinstance(error, (trainer.TrainingDiverged, ckpt_lib.DiskFull)):
+            print(f"ERROR: {error}", file=sys.stderr, flush=True)
+            return 1
+        if isinstance(error, trainer.StartupError) and not FLAGS.verbose:
+            print(f"ERROR: {error}", file=sys.stderr, flush=True)
+            return 2
+        raise
     if jax.process_index() == 0:
         _print_summary(summary)
         from launch import plot

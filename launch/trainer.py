@@ -26,7 +26,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from data import vocab as vocab_lib
 from launch import checkpoint as ckpt_lib
-from launch import evaluation
+from launch import evaluation, supervise
 from launch import inputs as inputs_lib
 from launch import lock as lock_lib
 from launch import mesh as mesh_lib
@@ -134,18 +134,13 @@ def _cluster_detected() -> bool:
 
 def initialize_distributed(cfg: Any) -> None:
     """``jax.distributed.initialize`` from ``config.distributed`` or the environment."""
-    if cfg.mode not in DISTRIBUTED_MODES:
-        raise ValueError(f"config.distributed.mode={cfg.mode!r}; expected one of "
-                         f"{DISTRIBUTED_MODES}")
     if cfg.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
-    if cfg.mode == "off" or jax.distributed.is_initialized():
+    if jax.distributed.is_initialized() or not multi_process_expected(cfg):
         return
     slurm = None if cfg.coordinator_address else slurm_arguments(os.environ)
-    if cfg.mode == "auto" and not (cfg.coordinator_address or slurm is not None
-                                   or _cluster_detected()):
-        return
-    kwargs = {"initialization_timeout": cfg.initialization_timeout, **(slurm or {})}
+    kwargs = {"initialization_timeout": cfg.initialization_timeout,
+              "heartbeat_timeout_seconds": cfg.heartbeat_timeout, **(slurm or {})}
     if cfg.coordinator_address:
         kwargs["coordinator_address"] = cfg.coordinator_address
     if cfg.num_processes is not None:
@@ -153,6 +148,22 @@ def initialize_distributed(cfg: Any) -> None:
     if cfg.process_id is not None:
         kwargs["process_id"] = cfg.process_id
     jax.distributed.initialize(**kwargs)
+    from jax._src import distributed
+
+    supervise.note_start(jax.process_index(), jax.process_count(),
+                         distributed.global_state.coordinator_address or "")
+
+
+def multi_process_expected(cfg: Any) -> bool:
+    """Whether ``initialize_distributed(cfg)`` starts a ``jax.distributed`` process group."""
+    if cfg.mode not in DISTRIBUTED_MODES:
+        raise ValueError(f"config.distributed.mode={cfg.mode!r}; expected one of "
+                         f"{DISTRIBUTED_MODES}")
+    if cfg.mode == "off":
+        return False
+    if cfg.mode == "on" or cfg.coordinator_address:
+        return True
+    return slurm_arguments(os.environ) is not None or _cluster_detected()
 
 
 def _compile_then_meet(program: step_lib.Program, config: Any, evaluates: bool) -> None:
@@ -381,6 +392,7 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
             while step < config.train.steps:
                 state, metrics = program.train_step(state, next(train_inputs))
                 step += 1
+                supervise.note_step(step)
                 loss = float(metrics["loss"])  # waits for the step; checks every step
                 if step == start_step + 1:
                     throughput.restart()  # the first step's time is mostly compilation
