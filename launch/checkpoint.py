@@ -12,6 +12,13 @@ Restore reads with the CURRENT run's shardings (``jax.ShapeDtypeStruct(..., shar
 a checkpoint saved on 8 devices restores on 4 or on 1. A step that fails to restore (a corrupt
 or truncated file) is reported with its path and the previous good step is tried; nothing is
 deleted.
+
+Orbax does not checksum array data: bytes overwritten inside a tensorstore chunk restore
+without error as wrong numbers (found by ``launch.chaos``'s ``flip`` drill: the run resumed,
+then diverged). So every save also records two 32-bit checksums per array in the data item
+(:func:`fingerprints`: wrapping sums over the array's bit patterns, computed on device, exact
+and independent of the sharding), and a restore whose arrays do not match them is treated as
+unreadable: reported, the previous step tried.
 """
 
 from __future__ import annotations
@@ -26,12 +33,59 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+FINGERPRINTS = "state_checksums"  # key of the data item holding the state's checksums
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """An array's bit patterns as uint32 words (no reshape, so no resharding)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_ or x.dtype.itemsize == 1:
+        return x.astype(jnp.uint32)
+    if x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8-byte types gain a trailing dim 2
+
+
+@jax.jit
+def _checksums(leaves: list[jax.Array]) -> list[jax.Array]:
+    out = []
+    for x in leaves:
+        words = _bits(x)
+        mixed = (words ^ (words >> 15)) * jnp.uint32(0x2C1B3C6D)
+        mixed = (mixed ^ (mixed >> 12)) * jnp.uint32(0x297A2D39)
+        out.append(jnp.stack([jnp.sum(words, dtype=jnp.uint32),
+                              jnp.sum(mixed ^ (mixed >> 15), dtype=jnp.uint32)]))
+    return out
+
+
+def fingerprints(state: Any) -> dict[str, list[int]]:
+    """{array path: [sum of its 32-bit words, sum of a hash of each word]}, both mod 2**32.
+
+    Wrapping integer sums are exact and order-free, so the same arrays give the same numbers
+    on any mesh or device count; a corrupted byte changes both with near certainty."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    leaves = [(jax.tree_util.keystr(path), x) for path, x in flat if hasattr(x, "dtype")]
+    sums = jax.device_get(_checksums([x for _, x in leaves]))
+    return {name: [int(v) for v in np.asarray(value)]
+            for (name, _), value in zip(leaves, sums, strict=True)}
+
+
+def _verify(step: int, state: Any, expected: dict[str, list[int]] | None) -> None:
+    if expected is None:  # written before checksums were recorded
+        return
+    for name, value in fingerprints(state).items():
+        if expected.get(name) != value:
+            raise ValueError(f"array {name} of step {step} does not match the checksum saved "
+                             f"with it ({expected.get(name)} saved, {value} read): the files "
+                             "were changed after the save")
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -150,6 +204,7 @@ class Checkpointer:
         """Starts an (async) save of ``step``; False if that step is already on disk."""
         if step in self.manager.all_steps():
             return False
+        data_state = {**data_state, FINGERPRINTS: fingerprints(state)}
         args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
                                      DATA_ITEM: ocp.args.JsonSave(data_state)})
         with self._disk_errors(step):
@@ -216,6 +271,8 @@ class Checkpointer:
                 args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state),
                                              DATA_ITEM: ocp.args.JsonRestore()})
                 restored = self.manager.restore(step, args=args)
+                data_state = dict(restored[DATA_ITEM])
+                _verify(step, restored[STATE_ITEM], data_state.pop(FINGERPRINTS, None))
             except Exception as error:  # noqa: BLE001 -- any unreadable step falls back
                 message = (f"checkpoint {path} could not be restored "
                            f"({type(error).__name__}: {str(error)[:300]}); trying an older "
@@ -223,7 +280,7 @@ class Checkpointer:
                 logging.error(message)
                 self.log(f"ERROR: {message}")
                 continue
-            return step, restored[STATE_ITEM], dict(restored[DATA_ITEM])
+            return step, restored[STATE_ITEM], data_state
         return None
 
     def wait(self) -> None:
