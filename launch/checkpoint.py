@@ -330,6 +330,11 @@ def load_params(path: str, abstract_params: Any) -> Any:
                                 abstract_params)
     checkpointer = ocp.PyTreeCheckpointer()
     try:
+        stored = _params_metadata(checkpointer, os.path.join(step_dir, STATE_ITEM))
+    except Exception as error:
+        raise ValueError(f"init_from: cannot read params from {step_dir}: {error}") from error
+    check_shapes(stored, abstract_params, step_dir)  # names the first mismatching tensor
+    try:
         restored = checkpointer.restore(
             os.path.join(step_dir, STATE_ITEM),
             args=ocp.args.PyTreeRestore(item={"params": abstract_params},
@@ -338,6 +343,20 @@ def load_params(path: str, abstract_params: Any) -> Any:
     except Exception as error:
         raise ValueError(f"init_from: cannot read params from {step_dir}: {error}") from error
     return restored["params"]
+
+
+def _params_metadata(checkpointer: Any, item: str) -> Any:
+    """The saved params' tree of array metadata (shapes, dtypes), read without the data."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that a step-level metadata file is absent
+    try:
+        tree = checkpointer.metadata(item)
+    finally:
+        absl_logger.setLevel(level)
+    tree = getattr(tree, "item_metadata", tree)
+    tree = getattr(tree, "tree", tree)
+    return tree["params"]
 
 
 def save_params(directory: str, params: Any, step: int = 0) -> str:
@@ -352,15 +371,19 @@ def check_shapes(params: Any, abstract_params: Any, source: str) -> None:
     """Clear error when warm-start params do not fit the configured model."""
     got = jax.tree_util.tree_flatten_with_path(params)[0]
     want = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
-    got_paths = {jax.tree_util.keystr(p): np.shape(v) for p, v in got}
+    got_paths = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", np.shape(v)))
+                 for p, v in got}
     want_paths = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in want.items()}
     if got_paths != want_paths:
         missing = sorted(set(want_paths) - set(got_paths))[:5]
         extra = sorted(set(got_paths) - set(want_paths))[:5]
         wrong = sorted(k for k in set(got_paths) & set(want_paths)
                        if got_paths[k] != want_paths[k])[:5]
-        raise ValueError(f"init_from {source}: params do not match the configured model; "
-                         f"missing {missing}, unexpected {extra}, wrong shapes "
+        first = (f"first mismatch: {wrong[0]} is {got_paths[wrong[0]]} there, "
+                 f"{want_paths[wrong[0]]} here; " if wrong else "")
+        raise ValueError(f"init_from {source}: params do not match the configured model "
+                         f"(another size or family?); {first}missing {missing}, unexpected "
+                         f"{extra}, wrong shapes "
                          f"{[(k, got_paths[k], want_paths[k]) for k in wrong]}")
 
 
@@ -371,10 +394,7 @@ def read_params(path: str) -> Any:
     item = os.path.join(step_dir, STATE_ITEM)
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        tree = checkpointer.metadata(item)
-        tree = getattr(tree, "item_metadata", tree)
-        tree = getattr(tree, "tree", tree)
-        params_meta = tree["params"]
+        params_meta = _params_metadata(checkpointer, item)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                     params_meta)
         restored = checkpointer.restore(

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -91,12 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("run_dir")
     exp.add_argument("out")
     exp.add_argument("--step", type=int, default=None)
+    parser.add_argument("--verbose", action="store_true", help="Show tracebacks.")
     args = parser.parse_args(argv)
-    if args.command == "from_hf":
-        print(from_hf(args.hf_dir, args.out))
-    else:
-        to_hf(args.run_dir, args.out, args.step)
-        print(args.out)
+    try:
+        if args.command == "from_hf":
+            print(from_hf(args.hf_dir, args.out))
+        else:
+            to_hf(args.run_dir, args.out, args.step)
+            print(args.out)
+    except (OSError, ValueError, KeyError) as error:  # a bad path, directory or checkpoint
+        if args.verbose:
+            raise
+        message = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+        print(f"ERROR: {message} (--verbose shows the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
