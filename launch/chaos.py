@@ -8,8 +8,10 @@ corpus by default) and ends by training the job to ``--steps``; its per-step los
 compared with one uninterrupted run of the same command. A row per fault says what was
 injected, what pretrax did (exit code and its line), the steps lost (trained again after the
 restart), the checkpoints lost (a committed checkpoint that the restart did not resume from)
-and whether the final metrics equal the uninterrupted run's: bitwise on the same mesh, within
-float tolerance on another mesh or over two processes (gloo's summation order differs).
+and whether the final metrics equal the uninterrupted run's: bitwise on the same mesh (the
+2-process drills against an uninterrupted 2-process job); after a resume on another mesh,
+bitwise up to the resume and within float tolerance for the next steps (later steps drift
+apart as any change of summation order makes a training run drift; the drift is reported).
 
 Faults:
 
@@ -19,7 +21,7 @@ Faults:
 - ``term``: SIGTERM (a preemption notice): saves, exits 0, resumes with nothing lost.
 - ``truncate`` / ``flip`` / ``missing``: the latest checkpoint's largest file cut in half,
   bytes of its array data overwritten, or the file deleted: the restart falls back to the
-  previous checkpoint and keeps the damaged one.
+  previous checkpoint and keeps the damaged one (until ``checkpoint.keep`` rotates it out).
 - ``empty``: an empty checkpoint directory holding an empty step folder: a fresh start.
 - ``disk_full``: the workdir on a 4 MB tmpfs (needs root to mount): one line, exit 1; after
   the disk is enlarged the run resumes.
@@ -55,7 +57,8 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULTS = ("kill", "term", "truncate", "flip", "missing", "empty", "disk_full", "nan", "peer",
           "coordinator", "double_start", "remesh")
-TOLERANCE = 2e-5  # relative, for a different mesh or process count
+TOLERANCE = 2e-5  # relative, for the steps right after a resume on a different mesh
+DRIFT_WINDOW = 4
 
 
 @dataclasses.dataclass
@@ -165,7 +168,7 @@ class Drills:
         self.args = args
         self.root = os.path.abspath(args.root)
         self.rng = random.Random(args.seed)
-        self._reference: dict[int, float] | None = None
+        self._references: dict[str, dict[int, float]] = {}
 
     # ----- running the real command line -----
     def command(self, workdir: str, *extra: str, steps: int | None = None) -> list[str]:
@@ -210,26 +213,50 @@ class Drills:
         return done
 
     # ----- the yardstick -----
-    def reference(self) -> dict[int, float]:
-        if self._reference is None:
-            workdir = os.path.join(self.root, "uninterrupted")
-            shutil.rmtree(workdir, ignore_errors=True)
-            self.finish(workdir)
-            self._reference = _read_losses(workdir)
-        return self._reference
+    def reference(self, two_process: bool = False) -> dict[int, float]:
+        """Losses of the uninterrupted run: one process on ``--devices`` devices, or (for the
+        peer/coordinator drills) the same 2-process job, whose gloo sums run in their own
+        order."""
+        key = "two_process" if two_process else "one_process"
+        if key not in self._references:
+            workdir = self.fresh(f"uninterrupted_{key}")
+            if two_process:
+                job = self._two_process(workdir, _free_port())
+                codes = [p.wait() for p in job]
+                if codes != [0, 0]:
+                    raise DrillFailed(f"the uninterrupted 2-process job exited {codes}: "
+                                      f"{_last_line(job[0].stderr)}")
+            else:
+                self.finish(workdir)
+            self._references[key] = _read_losses(workdir)
+        return self._references[key]
 
-    def compare(self, workdir: str, tolerance: float = 0.0) -> tuple[str, bool]:
-        got, want = _read_losses(workdir), self.reference()
+    def compare(self, workdir: str, two_process: bool = False,
+                resumed_on_another_mesh: int | None = None) -> tuple[str, bool]:
+        """Bitwise against the uninterrupted run. After a resume on another mesh the sums run
+        in another order: the steps up to the resume must still be bitwise equal and the
+        next ``DRIFT_WINDOW`` within ``TOLERANCE``; beyond that float differences grow as in
+        any chaotic optimisation (reported, not judged)."""
+        got, want = _read_losses(workdir), self.reference(two_process)
         if sorted(got) != sorted(want):
             missing = sorted(set(want) - set(got))[:5]
             return f"DIFFERS: steps {missing} missing", False
-        if tolerance == 0.0:
+        if resumed_on_another_mesh is None:
             same = all(got[s] == want[s] for s in want)
             return ("bitwise equal" if same else "DIFFERS (not bitwise)"), same
-        worst = max(abs(got[s] - want[s]) / max(abs(want[s]), 1e-12) for s in want)
-        ok = worst <= tolerance
-        verdict = "equal" if ok else "DIFFERS"
-        return f"{verdict}: max rel. diff {worst:.1e} (tol {tolerance:.0e})", ok
+
+        def rel(steps: list[int]) -> float:
+            return max((abs(got[s] - want[s]) / max(abs(want[s]), 1e-12) for s in steps),
+                       default=0.0)
+
+        at = resumed_on_another_mesh
+        before = all(got[s] == want[s] for s in want if s <= at)
+        window = [s for s in want if at < s <= at + DRIFT_WINDOW]
+        near, rest = rel(window), rel([s for s in want if s > at + DRIFT_WINDOW])
+        ok = before and near <= TOLERANCE
+        return (f"{'bitwise' if before else 'NOT bitwise'} to step {at}, max rel. diff "
+                f"{near:.1e} over the next {len(window)} steps (tol {TOLERANCE:.0e}), "
+                f"{rest:.1e} later"), ok
 
     def fresh(self, name: str) -> str:
         workdir = os.path.join(self.root, name)
@@ -322,11 +349,17 @@ class Drills:
             os.remove(victim)
             what = f"deleted {os.path.relpath(victim, workdir)}"
         previous = [s for s in _committed(workdir) if s < saved]
-        done = self.finish(workdir)
-        resumed = _resumed_from(done.stdout)
-        fell_back = "could not be restored" in done.stdout
-        final, same = self.compare(workdir)
+        job = self.start(workdir)
+        while job.resumed_from() is None:
+            time.sleep(0.01)
+        # Checked once it has restored: later saves rotate old steps out (checkpoint.keep).
         kept = os.path.isdir(state)
+        if job.wait() != 0:
+            raise DrillFailed(f"the restarted run exited {job.process.returncode}: "
+                              f"{_last_line(job.stderr)}")
+        resumed = job.resumed_from()
+        fell_back = "could not be restored" in job.stdout
+        final, same = self.compare(workdir)
         response = (f"{'reported it and ' if fell_back else 'did NOT notice; '}resumed from "
                     f"{resumed}; damaged step {'kept' if kept else 'DELETED'}")
         ok = same and kept and fell_back and resumed == (previous[-1] if previous else 0)
@@ -427,7 +460,7 @@ class Drills:
             raise DrillFailed(f"{name}: the restarted job exited {codes}: "
                               f"{_last_line(restart[0].stderr)}")
         resumed = restart[0].resumed_from()
-        final, same = self.compare(workdir, TOLERANCE)
+        final, same = self.compare(workdir, two_process=True)
         code = survivor.process.returncode
         ok = (same and code == 3 and line.startswith("ERROR: process ")
               and resumed == (committed[-1] if committed else 0) and waited < timeout + 30)
@@ -462,7 +495,7 @@ class Drills:
         saved = self.term_at(workdir, self.rng.randint(2, self.args.steps - 2))
         done = self.finish(workdir, devices=fewer)
         resumed = _resumed_from(done.stdout)
-        final, same = self.compare(workdir, TOLERANCE)
+        final, same = self.compare(workdir, resumed_on_another_mesh=resumed)
         return Outcome("remesh", f"SIGTERM at step {saved} on {self.args.devices} devices, "
                        f"resumed on {fewer}", f"resumed from {resumed}", saved - resumed,
                        int(resumed < saved), final, same and resumed == saved)

@@ -26,7 +26,7 @@ def test_chaos_drills_all_pass(tmp_path):
         assert "reported it and resumed from" in outcomes[damaged]["response"]
         assert "damaged step kept" in outcomes[damaged]["response"]
         assert outcomes[damaged]["final"] == "bitwise equal"
-    assert outcomes["remesh"]["final"].startswith("equal: max rel. diff")
+    assert outcomes["remesh"]["final"].startswith("bitwise to step ")
     assert "| kill | SIGKILL x2" in (root / "chaos.md").read_text()
 
 
