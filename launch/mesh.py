@@ -251,4 +251,13 @@ def validate(mesh: Mesh, rules: Rules, *, abstract_params: Any = None,
                 raise ValueError(
                     f"parameter {where} with shape {shape}: dimension {dim} "
                     f"({names[dim]!r}, size {size}) is not divisible by mesh axis "
-                    f"{entry!r} of size {ways}")
+                    f"{entry!r} of size {ways}; {_divisor_hint(size, ways, entry)}")
+
+
+def _divisor_hint(size: int, ways: int, entry: Any) -> str:
+    """What would fix a weight that does not divide over its mesh axes."""
+    fits = [d for d in range(2, min(size, 4 * ways) + 1) if size % d == 0][:4]
+    axes = " x ".join(_mesh_axes_of(entry))
+    sizes = f"a {axes} size of {' or '.join(map(str, fits))}" if fits else "no larger size"
+    return (f"use {sizes} (sizes that divide {size}), or a sharding preset that does not "
+            "split this axis")
