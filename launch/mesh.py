@@ -258,6 +258,7 @@ def _divisor_hint(size: int, ways: int, entry: Any) -> str:
     """What would fix a weight that does not divide over its mesh axes."""
     fits = [d for d in range(2, min(size, 4 * ways) + 1) if size % d == 0][:4]
     axes = " x ".join(_mesh_axes_of(entry))
-    sizes = f"a {axes} size of {' or '.join(map(str, fits))}" if fits else "no larger size"
-    return (f"use {sizes} (sizes that divide {size}), or a sharding preset that does not "
-            "split this axis")
+    if not fits:
+        return f"a size of {size} cannot be split: use a sharding preset that keeps it whole"
+    return (f"use a {axes} size of {' or '.join(map(str, fits))} (sizes that divide {size}), "
+            "or a sharding preset that does not split this axis")
