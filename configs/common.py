@@ -173,6 +173,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.debug = ml_collections.ConfigDict()
     # Make the loss (and so every gradient) NaN at this step (1-based); None: never.
     config.debug.inject_nan_at_step = config_dict.placeholder(int)
+    # What that step gets: "nan" or "inf", into the "loss" (and so every gradient) or into the
+    # "gradients" only (the loss stays finite: the trainer checks the gradient norm too).
+    config.debug.inject_value = "nan"
+    config.debug.inject_into = "loss"
     return config
 
 

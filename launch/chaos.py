@@ -27,6 +27,8 @@ Faults:
   the disk is enlarged the run resumes.
 - ``nan``: ``--config.debug.inject_nan_at_step`` makes a step's loss and gradients NaN: exit 1
   naming the last good checkpoint; the rerun without the hook resumes from it.
+- ``inf_grad``: the same with Inf in the gradients only (the loss stays finite): the gradient
+  norm is checked too, so no checkpoint takes the poisoned update.
 - ``peer`` / ``coordinator``: SIGKILL of process 1 / process 0 of a 2-process gloo job: the
   other exits 3 with one line; both restarted resume.
 - ``double_start``: a second start on a workdir that is training is refused (exit 2, naming
@@ -55,8 +57,8 @@ import time
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAULTS = ("kill", "term", "truncate", "flip", "missing", "empty", "disk_full", "nan", "peer",
-          "coordinator", "double_start", "remesh")
+FAULTS = ("kill", "term", "truncate", "flip", "missing", "empty", "disk_full", "nan",
+          "inf_grad", "peer", "coordinator", "double_start", "remesh")
 TOLERANCE = 2e-5  # relative, for the steps right after a resume on a different mesh
 DRIFT_WINDOW = 4
 
@@ -411,10 +413,12 @@ class Drills:
         finally:
             subprocess.run(["umount", disk], capture_output=True)
 
-    def nan(self) -> Outcome:
-        workdir = self.fresh("nan")
+    def _poisoned(self, fault: str, value: str, into: str) -> Outcome:
+        workdir = self.fresh(fault)
         at = self.rng.randint(self.args.every + 1, self.args.steps - 1)
-        failed = self.run(workdir, f"--config.debug.inject_nan_at_step={at}")
+        failed = self.run(workdir, f"--config.debug.inject_nan_at_step={at}",
+                          f"--config.debug.inject_value={value}",
+                          f"--config.debug.inject_into={into}")
         line = _last_line(failed.stderr)
         committed = _committed(workdir)
         done = self.finish(workdir)
@@ -422,9 +426,17 @@ class Drills:
         final, same = self.compare(workdir)
         ok = (same and failed.returncode == 1 and f"step {at}" in line
               and resumed == (committed[-1] if committed else 0))
-        return Outcome("nan", f"NaN loss and gradients at step {at}",
+        injected = ("loss and gradients" if into == "loss" else "gradients (finite loss)")
+        shown = {"nan": "NaN", "inf": "Inf"}[value]
+        return Outcome(fault, f"{shown} {injected} at step {at}",
                        f"exit {failed.returncode}: {line}", at - resumed,
                        int(bool(committed) and resumed < committed[-1]), final, ok)
+
+    def nan(self) -> Outcome:
+        return self._poisoned("nan", "nan", "loss")
+
+    def inf_grad(self) -> Outcome:
+        return self._poisoned("inf_grad", "inf", "gradients")
 
     def _two_process(self, workdir: str, port: int, *extra: str) -> list[Job]:
         devices = max(1, self.args.devices // 2)

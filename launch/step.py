@@ -127,20 +127,32 @@ def build(config: Any, mesh: Mesh | None = None,
     replicated = NamedSharding(mesh, PartitionSpec())
     skip_nonfinite = config.train.nan_policy == "skip"
 
-    inject_nan_at = config.debug.inject_nan_at_step
+    inject_at, inject_into = config.debug.inject_nan_at_step, config.debug.inject_into
+    if config.debug.inject_value not in ("nan", "inf") or inject_into not in ("loss",
+                                                                              "gradients"):
+        raise ValueError(f"config.debug.inject_value={config.debug.inject_value!r} / "
+                         f"inject_into={inject_into!r}; expected 'nan' or 'inf' / 'loss' or "
+                         "'gradients'")
+    inject_value = float(config.debug.inject_value)
 
     def train_step(state, batch):
         step_key = jax.random.fold_in(train_key, state["step"])
+        # config.debug: a deliberate non-finite value at one step (1.0 everywhere else).
+        poison = (jnp.where(state["step"] + 1 == inject_at, inject_value, 1.0)
+                  if inject_at is not None else None)
 
         def loss_fn(params, micro, key):
             loss, metrics = objective.loss_fn(params, micro, key, False)
-            if inject_nan_at is not None:  # config.debug: a NaN loss and NaN gradients
-                loss = loss * jnp.where(state["step"] + 1 == inject_nan_at, jnp.nan, 1.0)
+            if poison is not None and inject_into == "loss":
+                loss = loss * poison
             return loss, metrics
 
         (loss, metrics), grads = optim.accumulate_gradients(
             loss_fn, state["params"], batch, microbatches, has_aux=True,
             reduction=objective.reduction, rng_key=step_key)
+        if poison is not None and inject_into == "gradients":
+            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
+        grad_norm = optax.global_norm(grads)
         if objective.reduction == "sum":
             # The loss (and its gradient) is a sum over microbatches; per-token rates average.
             metrics = jax.tree.map(lambda m: m / microbatches, metrics)
@@ -149,13 +161,14 @@ def build(config: Any, mesh: Mesh | None = None,
                      "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}
         if skip_nonfinite:
-            # Keep the old params/moments when the loss is not finite; the step still counts.
-            finite = jnp.isfinite(loss)
+            # Keep the old params/moments when the loss or a gradient is not finite; the step
+            # still counts.
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                 {k: new_state[k] for k in ("params", "opt_state")},
                                 {k: state[k] for k in ("params", "opt_state")})
             new_state = {"step": new_state["step"], **kept}
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
                    "learning_rate": schedule(state["step"])}
         return new_state, metrics
 

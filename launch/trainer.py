@@ -398,11 +398,15 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
                     throughput.restart()  # the first step's time is mostly compilation
                 else:
                     throughput.step()
-                if not math.isfinite(loss) and config.train.nan_policy == "stop":
+                grad_norm = float(metrics["grad_norm"])  # same step: no extra wait
+                if (not (math.isfinite(loss) and math.isfinite(grad_norm))
+                        and config.train.nan_policy == "stop"):
                     checkpointer.wait()
                     good = checkpointer.latest_step()
+                    what = (f"loss is {loss}" if not math.isfinite(loss) else
+                            f"gradient norm is {grad_norm} (loss {loss:.4g})")
                     raise TrainingDiverged(
-                        f"loss is {loss} at step {step}; stopping (config.train.nan_policy="
+                        f"{what} at step {step}; stopping (config.train.nan_policy="
                         f"'stop'). Last good checkpoint: "
                         f"{f'{checkpointer.directory}/{good}' if good is not None else 'none'}"
                         "; it is intact. Lower the learning rate, or set "
