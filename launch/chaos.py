@@ -86,11 +86,9 @@ def _read_losses(workdir: str) -> dict[int, float]:
 
 
 def _committed(workdir: str) -> list[int]:
-    try:
-        return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))
-                      if n.isdigit())
-    except OSError:
-        return []
+    from launch import checkpoint as ckpt_lib
+
+    return ckpt_lib.committed_steps(ckpt_lib.checkpoint_dir(workdir))
 
 
 def _free_port() -> int:
@@ -139,10 +137,8 @@ class Job:
 
     def resumed_from(self) -> int | None:
         """The step it resumed from, 0 for a fresh start, None while not yet known."""
-        text = "".join(self.out)
-        found = re.findall(r"resumed from \S+/(\d+)", text)
-        if found:
-            return int(found[-1])
+        if "resumed from" in self.stdout:
+            return _resumed_from(self.stdout)
         return 0 if self.step() or self.process.poll() is not None else None
 
     def wait(self, timeout: float = 1800) -> int:

@@ -307,6 +307,16 @@ def is_hf_dir(path: str) -> bool:
         return "model_type" in json.load(f)
 
 
+def committed_steps(directory: str) -> list[int]:
+    """The committed steps under a checkpoint directory, read from its listing alone (no
+    orbax manager): orbax renames a finished save to its step number, while an unfinished one
+    carries an ``.orbax-checkpoint-tmp`` suffix. [] when the directory does not exist."""
+    try:
+        return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    except OSError:
+        return []
+
+
 def resolve_step_dir(path: str) -> str:
     """A workdir, a ``checkpoints`` dir or a step dir -> the newest step dir."""
     path = os.path.abspath(path)
@@ -314,8 +324,7 @@ def resolve_step_dir(path: str) -> str:
         return path
     if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
         path = os.path.join(path, CHECKPOINT_DIR)
-    steps = [int(name) for name in os.listdir(path) if name.isdigit()] if os.path.isdir(
-        path) else []
+    steps = committed_steps(path)
     if not steps:
         raise FileNotFoundError(f"init_from={path!r} holds no checkpoint (expected a workdir, "
                                 f"its '{CHECKPOINT_DIR}' dir, a step dir or a Hugging Face dir)")

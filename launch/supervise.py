@@ -69,26 +69,32 @@ def die_with_parent() -> None:
 
 
 _progress: dict[str, Any] = {}
+_progress_fd: int | None = None  # the progress file, opened once by note_start
 
 
 def note_start(process: int, processes: int, coordinator: str) -> None:
-    """Called once the process group exists."""
+    """Called once the process group exists (a no-op outside a watched child)."""
+    global _progress_fd
+    path = os.environ.get(CHILD_ENV)
+    if not path:
+        return
     _progress.update(process=process, processes=processes, coordinator=coordinator, step=None)
+    _progress_fd = os.open(path, os.O_WRONLY)
     _write_progress()
 
 
 def note_step(step: int) -> None:
-    """Called after every step; cheap (one small overwrite), a no-op outside a watched child."""
-    if _progress and _progress.get("step") != step:
+    """Called after every step: one in-place write of a few bytes (no open/close), a no-op
+    outside a watched child."""
+    if _progress_fd is not None:
         _progress["step"] = step
         _write_progress()
 
 
 def _write_progress() -> None:
-    path = os.environ.get(CHILD_ENV)
-    if path:
-        with open(path, "w") as f:
-            json.dump(_progress, f)
+    data = json.dumps(_progress).encode()
+    os.pwrite(_progress_fd, data, 0)
+    os.ftruncate(_progress_fd, len(data))
 
 
 def is_collective_failure(error: BaseException) -> bool:
@@ -110,16 +116,6 @@ def peer_lost(error: BaseException, heartbeat_timeout: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # The watcher's side.
 # ---------------------------------------------------------------------------------------------
-def newest_checkpoint(directory: str) -> int | None:
-    """The newest committed step under ``directory`` (orbax renames a finished save to its
-    step number; unfinished saves carry a ``.orbax-checkpoint-tmp`` suffix)."""
-    try:
-        steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-    except OSError:
-        return None
-    return max(steps) if steps else None
-
-
 def diagnose(lines: list[str], progress: dict[str, Any], checkpoints: str, log_path: str,
              heartbeat_timeout: int) -> str:
     """The one sentence for a child that died on the distributed runtime's failure path."""
@@ -142,7 +138,9 @@ def diagnose(lines: list[str], progress: dict[str, Any], checkpoints: str, log_p
         who = f"a peer of process {me}{of} stopped responding{cause}"
     step = progress.get("step")
     at = f" at step {step}" if step is not None else " before the first step"
-    newest = newest_checkpoint(checkpoints)
+    from launch import checkpoint as ckpt_lib
+
+    newest = (ckpt_lib.committed_steps(checkpoints) or [None])[-1]
     if newest is None:
         saved = f"No checkpoint in {checkpoints} yet. Restart every process with the same " \
                 "command to start again"
