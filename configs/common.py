@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.objective.temperature = 1.0
     config.objective.disallow_correct = False
     config.objective.uniform_generator = False
+    config.objective.unigram_generator = False  # replacements from the batch's unigram counts
     config.objective.gen_weight = 1.0
     config.objective.disc_weight = 50.0
     config.objective.main_mlm_weight = 1.0
@@ -123,6 +124,13 @@ def base_config() -> ml_collections.ConfigDict:
     # evaluation (the first N in file order; None: all of them).
     config.train.task_eval_examples = config_dict.placeholder(int)
     config.train.nan_policy = "stop"  # "stop": raise, checkpoint intact | "skip": drop the update
+    # The host reads (logs, checks for NaN/Inf) each step's loss this many steps after
+    # dispatching it, so the device never idles waiting for the host; 0 waits for every step.
+    # Checkpoints, evaluations and stops first check every pending step.
+    config.train.metrics_lag = 1
+    # Several processes agree on a SIGTERM/SIGINT by a gather every N steps (one process reads
+    # its own flag every step).
+    config.train.stop_check_every = 10
     config.train.init_from = ""  # a checkpoint dir (pretrax) or an HF dir: params only
     config.train.console = True  # progress line on stdout (process 0)
     # At the end, step 0 vs trained on a held-out example (launch/showcase.py): T5 fills masked

@@ -84,6 +84,11 @@ def build(config: Any, mesh: Mesh | None = None,
     if config.train.nan_policy not in NAN_POLICIES:
         raise ValueError(f"config.train.nan_policy={config.train.nan_policy!r}; expected one of "
                          f"{NAN_POLICIES}")
+    for key in ("metrics_lag", "stop_check_every"):
+        value = config.train[key]
+        if value < (0 if key == "metrics_lag" else 1):
+            raise ValueError(f"config.train.{key}={value}; expected an integer >= "
+                             f"{0 if key == 'metrics_lag' else 1}")
     if config.sharding not in mesh_lib.RULES:
         raise ValueError(f"config.sharding={config.sharding!r}; expected one of "
                          f"{sorted(mesh_lib.RULES)}")

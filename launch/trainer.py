@@ -11,6 +11,7 @@ launch/step.py; ``jax_threefry_partitionable`` makes it independent of the shard
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -200,8 +201,9 @@ def enable_compilation_cache(path: str) -> None:
 class StopSignal:
     """Records SIGTERM/SIGINT; the loop saves and exits at the next step boundary."""
 
-    def __init__(self):
+    def __init__(self, every: int = 1):
         self.received: int | None = None
+        self.every = every
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -210,11 +212,17 @@ class StopSignal:
         del frame
         self.received = signum
 
-    def any_process(self) -> bool:
-        """True if any process got a signal (all processes must stop at the same step)."""
+    def any_process(self, step: int) -> bool:
+        """True if any process got a signal; all processes stop at the same step.
+
+        One process reads its own flag. Several agree by a gather, only every
+        ``every`` steps (a collective per step would serialise the loop on the host).
+        """
         local = self.received is not None
         if jax.process_count() == 1:
             return local
+        if step % self.every:
+            return False
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
@@ -352,7 +360,7 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
     peak = metrics_lib.peak_flops(config.model.dtype, config.train.peak_flops)
     throughput = metrics_lib.Throughput(objective.tokens_per_step, objective.flops_per_step,
                                         peak)
-    stop = StopSignal()
+    stop = StopSignal(every=config.train.stop_check_every)
     summary: dict[str, Any] = {"start_step": start_step, "eval": [], "last": None,
                                "stopped_by_signal": False, "objective": objective}
     log(f"{objective.name} on {config.model.preset}: "
@@ -384,6 +392,42 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
             log(f"saving checkpoint {checkpointer.directory}/{step}")
 
     # ===== The loop =====
+    # The host never waits for the step it just dispatched: it reads the loss and gradient norm
+    # of the step ``metrics_lag`` behind (T5X / MaxText style), so the device always has the
+    # next step queued. Every read is recorded in ``summary["host_reads"]`` as (step read,
+    # newest dispatched step). Before an evaluation, a checkpoint, a stop and the end every
+    # pending step is checked, so no checkpoint holds a step whose finiteness is unknown.
+    lag = config.train.metrics_lag
+    pending: collections.deque[tuple[int, Any]] = collections.deque()
+    summary["host_reads"] = host_reads = []
+
+    def check(upto: int) -> None:
+        """Reads and checks every pending step <= ``upto`` (oldest first), logging as asked."""
+        while pending and pending[0][0] <= upto:
+            done, done_metrics = pending.popleft()
+            values = jax.device_get(done_metrics)  # waits for step ``done`` only
+            host_reads.append((done, step))
+            if done == start_step + 1:
+                throughput.restart()  # the first step's time is mostly compilation
+            else:
+                throughput.step()
+            loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+            if (not (math.isfinite(loss) and math.isfinite(grad_norm))
+                    and config.train.nan_policy == "stop"):
+                checkpointer.wait()
+                good = checkpointer.latest_step()
+                what = (f"loss is {loss}" if not math.isfinite(loss) else
+                        f"gradient norm is {grad_norm} (loss {loss:.4g})")
+                raise TrainingDiverged(
+                    f"{what} at step {done}; stopping (config.train.nan_policy='stop'). Last "
+                    f"good checkpoint: "
+                    f"{f'{checkpointer.directory}/{good}' if good is not None else 'none'}"
+                    "; it is intact. Lower the learning rate, or set "
+                    "--config.train.nan_policy=skip to drop such updates.")
+            if done % config.train.log_every == 0 or done == config.train.steps:
+                summary["last"] = writer.write(done, {**values, **throughput.report()})
+                writer.progress(done, summary["last"])
+
     step = start_step
     try:
         with mesh_lib.use_mesh(mesh, program.rules):
@@ -393,39 +437,23 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
                 state, metrics = program.train_step(state, next(train_inputs))
                 step += 1
                 supervise.note_step(step)
-                loss = float(metrics["loss"])  # waits for the step; checks every step
-                if step == start_step + 1:
-                    throughput.restart()  # the first step's time is mostly compilation
-                else:
-                    throughput.step()
-                grad_norm = float(metrics["grad_norm"])  # same step: no extra wait
-                if (not (math.isfinite(loss) and math.isfinite(grad_norm))
-                        and config.train.nan_policy == "stop"):
-                    checkpointer.wait()
-                    good = checkpointer.latest_step()
-                    what = (f"loss is {loss}" if not math.isfinite(loss) else
-                            f"gradient norm is {grad_norm} (loss {loss:.4g})")
-                    raise TrainingDiverged(
-                        f"{what} at step {step}; stopping (config.train.nan_policy="
-                        f"'stop'). Last good checkpoint: "
-                        f"{f'{checkpointer.directory}/{good}' if good is not None else 'none'}"
-                        "; it is intact. Lower the learning rate, or set "
-                        "--config.train.nan_policy=skip to drop such updates.")
-                if step % config.train.log_every == 0 or step == config.train.steps:
-                    record = {**jax.device_get(metrics), **throughput.report()}
-                    summary["last"] = writer.write(step, record)
-                    writer.progress(step, summary["last"])
+                pending.append((step, metrics))
+                check(step - lag)
                 if config.train.eval_every > 0 and (step % config.train.eval_every == 0
                                                     or step == config.train.steps):
+                    check(step)
                     run_eval(step)
-                if stop.any_process():
+                if stop.any_process(step):
+                    check(step)
                     log(f"received signal {stop.received}: saving step {step} and exiting")
                     save(step)
                     summary["stopped_by_signal"] = True
                     break
                 if checkpointer.should_save(step) or step == config.train.steps:
+                    check(step)  # never save a step whose finiteness check is pending
                     save(step)
                     throughput.restart()
+            check(step)
     finally:
         stop.restore()
         train_inputs.close()

@@ -110,6 +110,35 @@ def test_injected_nan_stops_with_the_last_good_checkpoint(tmp_path):
         trainer.train(config, str(tmp_path))
 
 
+def test_the_host_reads_a_step_behind_and_checks_before_every_checkpoint(tmp_path):
+    # One host read per step, each of a step older than the newest dispatched one, except the
+    # drains before a checkpoint (steps 4 and 8), which check every pending step first.
+    summary = trainer.train(tiny(steps=8, checkpoint__every=4, train__log_every=1,
+                                 train__eval_every=0), str(tmp_path))
+    reads = summary["host_reads"]
+    assert [done for done, _ in reads] == list(range(1, 9))
+    assert [done for done, newest in reads if done == newest] == [4, 8]
+    assert all(done == newest - 1 for done, newest in reads if done not in (4, 8))
+    assert [r["step"] for r in metrics_lib.read_metrics(str(tmp_path))] == list(range(1, 9))
+    # metrics_lag=0 is the old behaviour: the host waits for every step it dispatches.
+    summary = trainer.train(tiny(steps=3, train__metrics_lag=0, train__eval_every=0),
+                            str(tmp_path / "sync"))
+    assert all(done == newest for done, newest in summary["host_reads"])
+
+
+def test_a_nan_found_late_stops_before_any_checkpoint_holds_it(tmp_path):
+    # Lag 2: the NaN of step 5 is read after step 7 was dispatched; the checkpoint of step 4
+    # (checked before it was saved) is the newest, and nothing after it was written.
+    config = tiny(steps=12, checkpoint__every=4, train__metrics_lag=2, train__eval_every=0)
+    config.debug.inject_nan_at_step = 5
+    with pytest.raises(trainer.TrainingDiverged, match=r"at step 5.*Last good checkpoint: .*4"):
+        trainer.train(config, str(tmp_path))
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(tmp_path)), every=4,
+                                         keep=3)
+    assert checkpointer.all_steps() == [4]
+    checkpointer.close()
+
+
 def _cli(config, workdir, *overrides, devices=8, timeout=600):
     env = cli_env(devices)
     return subprocess.run(
