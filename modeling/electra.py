@@ -209,7 +209,7 @@ class Embeddings(nn.Module):
                                        (axes.TOKEN_TYPES, axes.EMBED_PROJ), embedding_init=init)
         self.norm = layers.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
                                      axis_name=axes.EMBED_PROJ)
-        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims)
+        self.dropout = layers.Dropout(cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims)
 
     def word_table(self) -> Array:
         """The ``[vocab, embedding_size]`` table (float32), e.g. for a tied output layer."""

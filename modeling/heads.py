@@ -117,14 +117,14 @@ class ClassificationHead(nn.Module):
                              f"{CLASSIFIER_STYLES}")
         # [batch, length, embed] -> [batch, embed]
         h = x[:, 0]
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = layers.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         if self.style == "hf":
             h = layers.DenseGeneral(
                 cfg.d_model, (axes.EMBED, axes.MLP), use_bias=True, dtype=cfg.compute_dtype,
                 kernel_init=cfg.kernel_init(), name="dense",
             )(h)
             h = layers.activation("gelu")(h)
-            h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+            h = layers.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         # [batch, embed] -> [batch, classes]
         return layers.DenseGeneral(
             self.num_classes, (axes.MLP if self.style == "hf" else axes.EMBED, axes.CLASSES),

@@ -38,6 +38,53 @@ def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Dropout.
+# ---------------------------------------------------------------------------------------------
+# Keep decisions are drawn 16 bits at a time, two per 32-bit random word: generating random bits
+# (threefry, sharding-invariant) is the costly part of dropout on CPU, and 16 bits resolve any
+# rate to 1/65536 (0.1 -> 0.100006; outputs are scaled by the quantised keep rate, so unbiased).
+_DROPOUT_LEVELS = 1 << 16
+
+
+def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> Array:
+    """Bool ``shape``: True where a unit is kept; P(keep) = round((1-rate) * 2^16) / 2^16."""
+    last = shape[-1] if shape else 1
+    lead = tuple(shape[:-1]) if shape else ()
+    # [..., ceil(last / 2)] uint32 -> two uint16 draws each -> [..., last]
+    bits = jax.random.bits(key, lead + ((last + 1) // 2,), jnp.uint32)
+    draws = jnp.stack([bits & 0xFFFF, bits >> 16], axis=-1).reshape(lead + (-1,))[..., :last]
+    return (draws < keep_threshold(rate)).reshape(shape)
+
+
+def keep_threshold(rate: float) -> int:
+    return int(round((1.0 - rate) * _DROPOUT_LEVELS))
+
+
+class Dropout(nn.Module):
+    """Inverted dropout (``flax.linen.Dropout``'s interface) with 16-bit keep decisions."""
+
+    rate: float
+    broadcast_dims: Sequence[int] = ()
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, inputs: Array, deterministic: bool | None = None) -> Array:
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        keep = dropout_mask(self.make_rng(self.rng_collection), self.rate, tuple(shape))
+        scale = _DROPOUT_LEVELS / keep_threshold(self.rate)
+        return jnp.where(jnp.broadcast_to(keep, inputs.shape),
+                         inputs * jnp.asarray(scale, inputs.dtype), jnp.zeros_like(inputs))
+
+
+# ---------------------------------------------------------------------------------------------
 # Dense and embeddings.
 # ---------------------------------------------------------------------------------------------
 class DenseGeneral(nn.Module):
@@ -386,7 +433,7 @@ class Attention(nn.Module):
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
         if not deterministic and self.dropout_rate > 0.0:
-            weights = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
+            weights = Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
                 weights, deterministic=False
             )
         # [batch, heads, q_len, k_len] x [batch, k_len, heads, kv] -> [batch, q_len, heads, kv]
@@ -473,7 +520,7 @@ class Mlp(nn.Module):
         else:
             h = act(dense(self.d_ff, (axes.EMBED, axes.MLP), name="wi")(x))
         h = nn.with_logical_constraint(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
-        h = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
+        h = Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
             h, deterministic=deterministic
         )
         # [batch, length, mlp] -> [batch, length, embed]

@@ -120,7 +120,7 @@ class EncoderDecoder(nn.Module):
                 dtype=jnp.float32,
                 kernel_init=cfg.mlp_init(),
             )
-        self.embedding_dropout = nn.Dropout(
+        self.embedding_dropout = layers.Dropout(
             cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims
         )
 

@@ -138,7 +138,7 @@ class Block(nn.Module):
         cfg = self.config
         dtype = cfg.compute_dtype
         dropout = functools.partial(
-            nn.Dropout, rate=cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims
+            layers.Dropout, rate=cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims
         )
         attention = functools.partial(
             layers.Attention,
@@ -278,7 +278,7 @@ class Stack(nn.Module):
 
         if cfg.prenorm:
             x = layers.make_norm(cfg.norm, cfg.norm_eps, cfg.compute_dtype, "final_norm")(x)
-            x = nn.Dropout(cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims)(
+            x = layers.Dropout(cfg.dropout_rate, broadcast_dims=cfg.dropout_broadcast_dims)(
                 x, deterministic=deterministic
             )
         return activation_constraint(x)

@@ -147,3 +147,30 @@ def test_bad_config_values_are_named():
         TransformerConfig(norm="batch")
     with pytest.raises(ValueError, match="remat_policy"):
         TransformerConfig(remat_policy="sometimes")
+
+
+def test_dropout_keeps_the_quantised_rate_unbiased_and_sharding_invariant():
+    # Two 16-bit draws per random word: P(keep) = round(0.9 * 2^16) / 2^16; kept units are
+    # scaled by its inverse, so the mean is preserved.
+    x = jnp.ones((64, 4, 128, 128))
+    drop = layers.Dropout(0.1)
+    y = drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    keep = layers.keep_threshold(0.1) / 65536
+    assert abs(keep - 0.9) < 1e-5
+    kept = np.asarray(y != 0)
+    assert abs(kept.mean() - keep) < 3 * np.sqrt(keep * (1 - keep) / kept.size)
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / keep, rtol=1e-6)
+    np.testing.assert_allclose(float(jnp.mean(y)), 1.0, atol=2e-3)
+    # Odd last axes and broadcast dims: one decision per (row, column) shared across axis 1.
+    z = layers.Dropout(0.5, broadcast_dims=(1,)).apply(
+        {}, jnp.ones((3, 5, 7)), deterministic=False, rngs={"dropout": jax.random.key(1)})
+    assert z.shape == (3, 5, 7) and np.all(np.asarray(z != 0) == np.asarray(z[:, :1] != 0))
+    assert np.array_equal(np.asarray(drop.apply({}, x, deterministic=True)), np.asarray(x))
+    # The same mask whether the activations are sharded over 8 devices or not.
+    jax.config.update("jax_threefry_partitionable", True)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(8), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    fn = jax.jit(lambda key: layers.dropout_mask(key, 0.1, (64, 256)), out_shardings=sharding)
+    np.testing.assert_array_equal(np.asarray(fn(jax.random.key(3))),
+                                  np.asarray(jax.jit(lambda key: layers.dropout_mask(
+                                      key, 0.1, (64, 256)))(jax.random.key(3))))
