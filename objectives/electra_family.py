@@ -71,7 +71,8 @@ def rtd_config(config: Any, special_ids: Mapping[str, int], vocab_size: int) -> 
         max_predictions=obj.max_predictions, mask_replace_prob=obj.mask_replace_prob,
         random_token_prob=obj.random_token_prob, vocab_size=vocab_size,
         temperature=obj.temperature, disallow_correct=obj.disallow_correct,
-        uniform_generator=obj.uniform_generator, gen_weight=obj.gen_weight,
+        uniform_generator=obj.uniform_generator,
+        unigram_generator=obj.unigram_generator, gen_weight=obj.gen_weight,
         disc_weight=obj.disc_weight, main_mlm_weight=obj.main_mlm_weight)
 
 
@@ -100,6 +101,22 @@ def flops(cfg: electra.ElectraConfig, second: str, batch: int, length: int,
         slots = masked if second == "main_mlm" else length
         forward += 2 * batch * slots * (disc.d_model * emb + emb * disc.vocab_size)
     return 3.0 * forward
+
+
+def unigram_baselines(batches: Sequence[base.HostBatch],
+                      special_ids: Mapping[str, int]) -> dict[str, float]:
+    """What a generator earns without context on these batches: the entropy (nats) of their
+    unigram distribution over real, non-special tokens (the expected MLM cross-entropy of a
+    perfect unigram model, since masked slots are drawn uniformly from those tokens) and the
+    accuracy of always predicting the most frequent one."""
+    tokens = np.concatenate([np.asarray(b["encoder_input_tokens"]).ravel() for b in batches])
+    tokens = tokens[~np.isin(tokens, [0, *special_ids.values()])]
+    if tokens.size == 0:
+        return {}
+    counts = np.unique(tokens, return_counts=True)[1].astype(np.float64)
+    probs = counts / counts.sum()
+    return {"unigram_entropy": float(-np.sum(probs * np.log(probs))),
+            "unigram_accuracy": float(probs.max())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,12 +188,22 @@ def build(config: Any, variant: Variant) -> base.Objective:
             {"encoder_input_tokens": tokens, "encoder_token_type_ids": np.zeros_like(tokens)},
             batch_spec)
 
+    def baselines(batches: list[base.HostBatch]) -> dict[str, float]:
+        return unigram_baselines(batches, special_ids) if batches else {}
+
     def notes(record: Mapping[str, Any]) -> list[str]:
-        if "eval/replaced_fraction" not in record:
-            return []
-        rate = record["eval/replaced_fraction"]
-        return [f"  chance: accuracy {1 - rate:.4f} (always 'original'), precision "
-                f"{rate:.4f} (the share of replaced tokens), auc 0.5"]
+        lines = []
+        if "eval/unigram_entropy" in record:
+            lines.append(f"  context-free generator: cross-entropy "
+                         f"{record['eval/unigram_entropy']:.4f} (unigram), accuracy "
+                         f"{record['eval/unigram_accuracy']:.4f} (always the most frequent token)")
+        if "eval/replaced_fraction" in record:
+            rate = record["eval/replaced_fraction"]
+            lines.append(f"  context-free discriminator: accuracy {1 - rate:.4f} (always "
+                         f"'original'), precision {rate:.4f} (the share of replaced tokens), "
+                         f"auc 0.5 (chance), "
+                         f"{record.get('eval/identity_auc', float('nan')):.4f} (token identity)")
+        return lines
 
     def showcase(trained, initial, example, path):
         from objectives import showcase as showcase_lib
@@ -197,5 +224,5 @@ def build(config: Any, variant: Variant) -> base.Objective:
         tokens_per_step=batch * length, vocab_size=cfg.discriminator.vocab_size,
         special_ids=special_ids, example_kind="encoder", feature_lengths={"inputs": length},
         make_examples=make_examples, synthetic_batch=synthetic_batch, feature_converter=None,
-        summary_keys=summary_keys, baselines=lambda batches: {}, notes=notes,
+        summary_keys=summary_keys, baselines=baselines, notes=notes,
         showcase=showcase if variant.second == "discriminator" else None)

@@ -43,6 +43,14 @@ def _scatter_slots(tokens: jax.Array, positions: jax.Array, weights: jax.Array,
     return tokens.at[rows, target].set(values.astype(tokens.dtype), mode="drop")
 
 
+def candidates(tokens: jax.Array, special_ids: Sequence[int], pad_id: int = 0) -> jax.Array:
+    """[B, L] bool: real tokens that are none of ``special_ids`` (what may be masked)."""
+    keep = tokens != pad_id
+    for special in special_ids:
+        keep &= tokens != special
+    return keep
+
+
 def mask_tokens(
     key: jax.Array,
     tokens: jax.Array,
@@ -86,9 +94,7 @@ def mask_tokens(
 
     # [batch, length]
     real = tokens != pad_id
-    candidate = real & (tokens != mask_id)
-    for special in special_ids:
-        candidate &= tokens != special
+    candidate = candidates(tokens, (mask_id, *special_ids), pad_id)
     # Per-example count, rounded half-to-even like the reference's tf.round.
     # [batch, length] -> [batch]
     wanted = jnp.round(jnp.sum(real, axis=-1) * mask_prob).astype(jnp.int32)

@@ -56,6 +56,10 @@ class RTDConfig:
     temperature: float = 1.0
     disallow_correct: bool = False
     uniform_generator: bool = False
+    # Replacements drawn from the batch's own unigram distribution (its real, non-special
+    # tokens), the generator still trained but unused: an ablation where token identity says
+    # nothing and only context can find the replacements.
+    unigram_generator: bool = False
     gen_weight: float = 1.0
     disc_weight: float = 50.0
     main_mlm_weight: float = 1.0  # weight of the main model's MLM loss (replace/all-tokens MLM)
@@ -65,6 +69,8 @@ class RTDConfig:
             raise ValueError(f"RTDConfig.mask_prob={self.mask_prob}, expected 0 < p < 1")
         if self.temperature <= 0:
             raise ValueError(f"RTDConfig.temperature={self.temperature}, expected > 0")
+        if self.uniform_generator and self.unigram_generator:
+            raise ValueError("RTDConfig: uniform_generator and unigram_generator are exclusive")
         if self.max_predictions is not None and self.max_predictions <= 0:
             raise ValueError(f"RTDConfig.max_predictions={self.max_predictions}, expected > 0")
 
@@ -102,8 +108,15 @@ def generator_step(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn:
     gen_logits = generator_fn(masked.masked_tokens, masked.positions)
     _check_logits("generator_fn", gen_logits, masked.positions.shape)
     mlm = losses.cross_entropy(gen_logits, masked.ids, masked.weights)
+    sampler_logits = gen_logits
+    if cfg.unigram_generator:
+        candidates = masking.candidates(tokens, (cfg.cls_id, cfg.sep_id, cfg.mask_id), cfg.pad_id)
+        # [vocab] counts of the batch's candidate tokens -> log-probabilities at every slot
+        counts = jnp.zeros((gen_logits.shape[-1],), jnp.float32).at[tokens.reshape(-1)].add(
+            candidates.reshape(-1).astype(jnp.float32))
+        sampler_logits = jnp.broadcast_to(jnp.log(counts), gen_logits.shape)
     samples = masking.sample_replacements(
-        sample_key, gen_logits, temperature=cfg.temperature,
+        sample_key, sampler_logits, temperature=cfg.temperature,
         disallow_correct=cfg.disallow_correct, original_ids=masked.ids,
         uniform=cfg.uniform_generator)
     # [batch, length] with samples at the chosen positions
@@ -116,11 +129,41 @@ def generator_step(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn:
     return tokens, masked, corrupted, labels, mlm.mean, metrics
 
 
+def identity_scores(corrupted: jax.Array, labels: jax.Array, weights: jax.Array,
+                    vocab_size: int) -> jax.Array:
+    """A context-free detector: each token scored by how often ITS ID is replaced in the other
+    half of the batch, [B, L].
+
+    Cross-fitted: rows of the first half are scored from counts in the second and vice versa
+    (with one row, even positions from odd ones), so no label ever scores its own token. (Leave
+    one out would not do: with the id's total fixed, removing a token's own label biases the
+    AUC below 0.5.) Its AUC is what token identity alone earns on these batches, e.g. from a
+    generator that samples rare ids too often; a discriminator that uses context must beat it.
+    Smoothed towards the half's replaced rate by one pseudo-occurrence.
+    """
+    batch, length = labels.shape
+    if batch >= 2:
+        half = (jnp.arange(batch) >= batch // 2)[:, None] & jnp.ones((1, length), bool)
+    else:
+        half = (jnp.arange(length) % 2 == 1)[None, :]
+    half = half.reshape(-1).astype(jnp.int32)  # 0 or 1 per token
+    ids = corrupted.reshape(-1)
+    w = jnp.broadcast_to(weights, labels.shape).reshape(-1).astype(jnp.float32)
+    y = labels.reshape(-1).astype(jnp.float32) * w
+    # [2, vocab]: occurrences and replaced occurrences of each id in each half
+    seen = jnp.zeros((2, vocab_size), jnp.float32).at[half, ids].add(w)
+    replaced = jnp.zeros((2, vocab_size), jnp.float32).at[half, ids].add(y)
+    rate = losses.safe_divide(jnp.sum(replaced, axis=1), jnp.sum(seen, axis=1))  # [2]
+    other = 1 - half
+    scores = (replaced[other, ids] + rate[other]) / (seen[other, ids] + 1.0)
+    return scores.reshape(labels.shape)
+
+
 def _disc_metrics(disc_logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                  real: jax.Array) -> Metrics:
+                  real: jax.Array, corrupted: jax.Array, vocab_size: int | None) -> Metrics:
     predictions = disc_logits > 0
     precision, recall = losses.binary_precision_recall(predictions, labels, weights)
-    return {
+    metrics = {
         "disc_accuracy": losses.binary_accuracy(predictions, labels, weights),
         "disc_precision": precision,
         "disc_recall": recall,
@@ -128,6 +171,10 @@ def _disc_metrics(disc_logits: jax.Array, labels: jax.Array, weights: jax.Array,
         "disc_auc": losses.binary_auc(disc_logits, labels, weights),
         "replaced_fraction": losses.safe_divide(jnp.sum(labels * real), jnp.sum(real)),
     }
+    if vocab_size is not None:
+        metrics["identity_auc"] = losses.binary_auc(
+            identity_scores(corrupted, labels, weights, vocab_size), labels, weights)
+    return metrics
 
 
 def _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg: RTDConfig,
@@ -147,7 +194,7 @@ def _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg: R
         weights = real  # every real token, [CLS] and [SEP] included
     disc_loss = losses.sigmoid_bce(disc_logits, labels, weights).mean
     loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * disc_loss
-    metrics.update(_disc_metrics(disc_logits, labels, weights, real))
+    metrics.update(_disc_metrics(disc_logits, labels, weights, real, corrupted, cfg.vocab_size))
     metrics.update(loss=loss, disc_loss=disc_loss)
     return loss, metrics
 
@@ -157,7 +204,9 @@ def rtd_loss(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn: Calla
     """ELECTRA: gen_weight * MLM(generator) + disc_weight * BCE(discriminator, all real tokens).
 
     Metrics: loss, mlm_loss, disc_loss, gen_accuracy, disc_accuracy, disc_precision, disc_recall
-    (positive class = replaced), replaced_fraction (of real tokens), masked_count (whole batch).
+    (positive class = replaced), disc_auc, identity_auc (the context-free detector of
+    :func:`identity_scores`; needs ``cfg.vocab_size``), replaced_fraction (of real tokens),
+    masked_count (whole batch).
     """
     return _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg,
                                      only_masked=False)

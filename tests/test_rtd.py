@@ -487,3 +487,35 @@ def test_config_and_batch_errors():
     gen_fn, disc_fn, _, _ = _models(_params())
     with pytest.raises(KeyError, match="encoder_input_tokens"):
         rtd.rtd_loss(_key(0), {"inputs": jnp.zeros((2, 8), jnp.int32)}, gen_fn, disc_fn, CFG)
+
+
+def test_identity_scores_by_hand_and_what_their_auc_separates():
+    # Row 0 is scored from row 1's counts and vice versa, smoothed by one occurrence at the
+    # other row's replaced rate. Row 1: ids 5 5 7 7 with labels 1 0 0 0 (rate 1/4);
+    # row 0: ids 5 7 9 9 with labels 1 1 0 1 (rate 3/4).
+    ids = jnp.array([[5, 7, 9, 9], [5, 5, 7, 7]])
+    labels = jnp.array([[1, 1, 0, 1], [1, 0, 0, 0]])
+    weights = jnp.ones((2, 4))
+    scores = np.asarray(rtd.identity_scores(ids, labels, weights, vocab_size=10))
+    np.testing.assert_allclose(scores[0], [1.25 / 3, 0.25 / 3, 0.25, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(scores[1], [1.75 / 2, 1.75 / 2, 1.75 / 2, 1.75 / 2], rtol=1e-6)
+    # A weight-0 entry is neither counted nor lets its label in (row 0's id 7 drops out).
+    masked = np.asarray(rtd.identity_scores(ids, labels, weights.at[0, 1].set(0.0), 10))
+    np.testing.assert_allclose(masked[1, 2], (2 / 3) / 1.0, rtol=1e-6)
+    # Replacements always of id 3: identity alone finds them. Labels independent of the id:
+    # chance, with no leave-one-out bias below it.
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 200, (8, 256))
+    chosen = rng.random(tokens.shape) < 0.15
+    tokens = np.where(chosen, 3, tokens)
+    w = jnp.ones(tokens.shape)
+    auc = jax.jit(rtd.losses.binary_auc)
+    found = rtd.identity_scores(jnp.asarray(tokens), jnp.asarray(chosen), w, vocab_size=200)
+    assert float(auc(found, jnp.asarray(chosen), w)) > 0.99
+    chances = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        labels = jnp.asarray(rng.random((8, 256)) < 0.15)
+        tokens = jnp.asarray(rng.zipf(1.3, (8, 256)) % 200)
+        chances.append(float(auc(rtd.identity_scores(tokens, labels, w, 200), labels, w)))
+    assert abs(np.mean(chances) - 0.5) < 0.01, chances
