@@ -170,8 +170,11 @@ def build(config: Any, variant: Variant) -> base.Objective:
                                                None),
             "none": None,
         }
+        # Evaluation also runs the word-order probe (one more discriminator pass).
+        cfg = dataclasses.replace(rcfg, order_probe=deterministic
+                                  and variant.second == "discriminator")
         loss, metrics = variant.loss(objective_key, batch, generator_fn,
-                                     second_fns[variant.second], rcfg)
+                                     second_fns[variant.second], cfg)
         return loss, {k: v for k, v in metrics.items() if k != "loss"}
 
     def make_examples(files: Sequence[str], path: str, seed: int) -> Any:
@@ -202,7 +205,9 @@ def build(config: Any, variant: Variant) -> base.Objective:
             lines.append(f"  context-free discriminator: accuracy {1 - rate:.4f} (always "
                          f"'original'), precision {rate:.4f} (the share of replaced tokens), "
                          f"auc 0.5 (chance), "
-                         f"{record.get('eval/identity_auc', float('nan')):.4f} (token identity)")
+                         f"{record.get('eval/identity_auc', float('nan')):.4f} (token identity); "
+                         f"the discriminator on shuffled word order: auc "
+                         f"{record.get('eval/disc_auc_shuffled', float('nan')):.4f}")
         return lines
 
     def showcase(trained, initial, example, path):

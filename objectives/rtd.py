@@ -27,6 +27,7 @@ and produced under stop_gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -63,6 +64,10 @@ class RTDConfig:
     gen_weight: float = 1.0
     disc_weight: float = 50.0
     main_mlm_weight: float = 1.0  # weight of the main model's MLM loss (replace/all-tokens MLM)
+    # Evaluation probe: also score each corrupted sequence with its real tokens in a random
+    # order (labels moved along): "disc_auc_shuffled" near "disc_auc" means word order is not
+    # used; near "identity_auc", the context is not used at all.
+    order_probe: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
@@ -195,8 +200,22 @@ def _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg: R
     disc_loss = losses.sigmoid_bce(disc_logits, labels, weights).mean
     loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * disc_loss
     metrics.update(_disc_metrics(disc_logits, labels, weights, real, corrupted, cfg.vocab_size))
+    if cfg.order_probe:
+        metrics["disc_auc_shuffled"] = _shuffled_auc(key, corrupted, labels, weights, real,
+                                                     discriminator_fn)
     metrics.update(loss=loss, disc_loss=disc_loss)
     return loss, metrics
+
+
+def _shuffled_auc(key: jax.Array, corrupted: jax.Array, labels: jax.Array, weights: jax.Array,
+                  real: jax.Array, discriminator_fn: Callable) -> jax.Array:
+    """Discriminator AUC on the same corrupted sequences with their real tokens permuted."""
+    # Real positions first in a random order, padding after them: [batch, length]
+    noise = jax.random.uniform(jax.random.fold_in(key, 1), corrupted.shape)
+    order = jnp.argsort(jnp.where(real > 0, noise, 2.0), axis=-1)
+    take = functools.partial(jnp.take_along_axis, indices=order, axis=-1)
+    logits = discriminator_fn(take(corrupted))
+    return losses.binary_auc(logits, take(labels), take(jnp.broadcast_to(weights, labels.shape)))
 
 
 def rtd_loss(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn: Callable,

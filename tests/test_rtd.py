@@ -519,3 +519,25 @@ def test_identity_scores_by_hand_and_what_their_auc_separates():
         tokens = jnp.asarray(rng.zipf(1.3, (8, 256)) % 200)
         chances.append(float(auc(rtd.identity_scores(tokens, labels, w, 200), labels, w)))
     assert abs(np.mean(chances) - 0.5) < 0.01, chances
+
+
+def test_order_probe_leaves_a_context_free_discriminator_alone():
+    # A discriminator that scores each token by its id alone ranks the same tokens the same way
+    # in any order; one that reads its left neighbour does not.
+    params = _params()
+    tokens = jnp.asarray(np.tile(_batch()[:1], (8, 1)))
+    gen_fn = _models(params)[0]
+    cfg = dataclasses.replace(CFG, order_probe=True)
+
+    def by_id(corrupted):
+        return params["disc"][corrupted] * 1.0
+
+    def by_neighbour(corrupted):
+        left = jnp.roll(corrupted, 1, axis=1)
+        return params["disc"][corrupted] * 0.0 + jnp.sin(3.0 * left + corrupted)
+
+    for fn, same in ((by_id, True), (by_neighbour, False)):
+        _, metrics = jax.jit(lambda k, fn=fn: rtd.rtd_loss(
+            k, {"encoder_input_tokens": tokens}, gen_fn, fn, cfg))(_key(3))
+        gap = abs(float(metrics["disc_auc_shuffled"]) - float(metrics["disc_auc"]))
+        assert (gap < 1e-6) if same else (gap > 0.02), (fn.__name__, gap)
