@@ -11,7 +11,7 @@ same synthetic ids: pretrax's jitted train step (``launch/step.py``, exactly wha
 ``T5ForConditionalGeneration`` with ``transformers.optimization.Adafactor``, or
 ``ElectraForMaskedLM`` + ``ElectraForPreTraining`` (tied embeddings, the generator's logits at
 every position as HF computes them, loss MLM + 50 BCE) with ``torch.optim.AdamW``. Peers are
-optional: ``pip install -e ".[bench]"`` (transformers<5, torch==2.13.0 CPU).
+optional: ``pip install -e ".[reference]"`` (transformers<5, torch==2.13.0 CPU).
 
 Reported per side: step time min / median / max over ``--steps`` timed steps after
 ``--warmup`` untimed ones (each step waits for its result), tokens/s, the model FLOPs of a

@@ -14,7 +14,8 @@ the masked positions (per row max(1, min(N, round(real * p))) real non-special t
 ``ElectraForPreTraining``'s loss over real tokens, MLM + weight x BCE, one AdamW over both
 networks (no weight decay on LayerNorm and biases, clipping 1.0, ELECTRA's linear decay times
 the warm-up factor) with the word / position / type embeddings and their LayerNorm shared.
-Known difference: PyTorch's AdamW has bias correction; ELECTRA's (and pretrax's) does not.
+Needs ``pip install -e ".[reference]"``. Known difference: PyTorch's AdamW has bias
+correction; ELECTRA's (and pretrax's) does not.
 
 Evaluation on the same validation batches every ``config.train.eval_every`` steps writes
 ``eval/disc_auc``, ``eval/disc_precision``, ``eval/disc_recall``, ``eval/gen_accuracy``,

@@ -541,3 +541,26 @@ def test_order_probe_leaves_a_context_free_discriminator_alone():
             k, {"encoder_input_tokens": tokens}, gen_fn, fn, cfg))(_key(3))
         gap = abs(float(metrics["disc_auc_shuffled"]) - float(metrics["disc_auc"]))
         assert (gap < 1e-6) if same else (gap > 0.02), (fn.__name__, gap)
+
+
+def test_unigram_generator_samples_the_batch_unigram_distribution():
+    # Real non-special tokens: id 5 three times as often as id 6; [CLS]/[SEP]/padding never
+    # drawn. Many keys: the sampled shares match 3/4 and 1/4.
+    row = np.array([CLS] + [5, 5, 5, 6] * 7 + [SEP, 0, 0], np.int32)
+    tokens = jnp.asarray(np.tile(row, (4, 1)))
+    cfg = dataclasses.replace(CFG, unigram_generator=True)
+    gen_fn = _models(_params())[0]
+
+    def samples(key):
+        _, masked, corrupted, _, _, _ = rtd.generator_step(
+            key, {"encoder_input_tokens": tokens}, gen_fn, cfg)
+        chosen = masking.slots_to_length(masked.positions, masked.weights, tokens.shape[1]) > 0
+        return jnp.where(chosen, corrupted, -1)
+
+    drawn = np.asarray(jax.jit(jax.vmap(samples))(jax.random.split(_key(5), 400)))
+    drawn = drawn[drawn >= 0]
+    assert set(np.unique(drawn)) == {5, 6}
+    share = np.mean(drawn == 5)
+    assert abs(share - 0.75) < _five_sigma(0.75, drawn.size), share
+    with pytest.raises(ValueError, match="exclusive"):
+        dataclasses.replace(CFG, unigram_generator=True, uniform_generator=True)
