@@ -104,15 +104,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.update(QUICKSTART_MODEL)
         config.model.generator_fraction = 0.25  # ELECTRA-Small's generator/discriminator ratio
         config.objective.temperature = 2.0
+        config.objective.mask_prob = 0.25  # ELECTRA-Large's rate: more replaced tokens per step
         config.data.batch_size = 32
         config.data.inputs_length = 128
-        config.train.steps = 3000
+        config.train.steps = 4000
         config.train.log_every = 50
         config.train.eval_every = 250
         config.train.eval_steps = 8
         config.train.showcase = True
         config.checkpoint.every = 500
-        _electra_optimizer(config, 5e-4, 300, 3000)
+        _electra_optimizer(config, 5e-4, 400, 4000)
     else:
         length, batch, lr, steps = _RECIPES[variant]
         config.model.preset = variant
