@@ -128,9 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
     # dispatching it, so the device never idles waiting for the host; 0 waits for every step.
     # Checkpoints, evaluations and stops first check every pending step.
     config.train.metrics_lag = 1
-    # Several processes agree on a SIGTERM/SIGINT by a gather every N steps (one process reads
-    # its own flag every step).
-    config.train.stop_check_every = 10
+    # Several processes agree on a SIGTERM/SIGINT by a gather every N steps and at the last
+    # (one process reads its own flag every step). 1 by default: a SLURM requeue's grace
+    # period is short; raise it where steps are short and the grace long.
+    config.train.stop_check_every = 1
     config.train.init_from = ""  # a checkpoint dir (pretrax) or an HF dir: params only
     config.train.console = True  # progress line on stdout (process 0)
     # At the end, step 0 vs trained on a held-out example (launch/showcase.py): T5 fills masked

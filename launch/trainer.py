@@ -212,16 +212,17 @@ class StopSignal:
         del frame
         self.received = signum
 
-    def any_process(self, step: int) -> bool:
+    def any_process(self, step: int, last: bool = False) -> bool:
         """True if any process got a signal; all processes stop at the same step.
 
-        One process reads its own flag. Several agree by a gather, only every
-        ``every`` steps (a collective per step would serialise the loop on the host).
+        One process reads its own flag. Several agree by a gather, only every ``every`` steps
+        and at the ``last`` step (a collective per step would serialise the loop on the host),
+        so a signal that arrives near the end still ends the run as stopped, not as done.
         """
         local = self.received is not None
         if jax.process_count() == 1:
             return local
-        if step % self.every:
+        if step % self.every and not last:
             return False
         from jax.experimental import multihost_utils
 
@@ -443,7 +444,7 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
                                                     or step == config.train.steps):
                     check(step)
                     run_eval(step)
-                if stop.any_process(step):
+                if stop.any_process(step, last=step == config.train.steps):
                     check(step)
                     log(f"received signal {stop.received}: saving step {step} and exiting")
                     save(step)
