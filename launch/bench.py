@@ -92,20 +92,13 @@ def _times(step: Callable[[], None], warmup: int, steps: int) -> list[float]:
 
 
 def _config(case: Case, extra: dict[str, Any] | None = None):
-    import importlib
+    from launch import sweep_spec
 
-    path, _, variant = case.config.partition(":")
-    config = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(
-        variant)
-    with config.unlocked():
-        for key, value in (*case.overrides, *(extra or {}).items()):
-            node = config
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = value
-        config.train.peak_flops = 1.0  # not measured at build time
-        config.train.compilation_cache_dir = ""
+    config = sweep_spec.load_config(case.config)  # locked: unknown keys fail with a hint
+    for key, value in (*case.overrides, *(extra or {}).items(),
+                       ("train.peak_flops", 1.0),  # not measured at build time
+                       ("train.compilation_cache_dir", "")):
+        sweep_spec.apply_override(config, f"config.{key}", value, f"bench case {case.config}")
     return config
 
 

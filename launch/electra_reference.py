@@ -80,19 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all CPUs)")
     args = parser.parse_args(argv)
 
-    import importlib
-
     import jax
     import torch
     import transformers
 
     from launch import inputs as inputs_lib
+    from launch import sweep_spec
     from modeling import hf_electra
     from objectives import registry
 
-    path, _, variant = args.config.partition(":")
-    config = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(
-        variant)
+    config = sweep_spec.load_config(args.config)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     objective = registry.build(config)

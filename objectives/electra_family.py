@@ -170,8 +170,8 @@ def build(config: Any, variant: Variant) -> base.Objective:
                                                None),
             "none": None,
         }
-        # Evaluation also runs the word-order probe (one more discriminator pass).
-        cfg = dataclasses.replace(rcfg, order_probe=deterministic
+        # Evaluation also runs the context probes (one more discriminator pass).
+        cfg = dataclasses.replace(rcfg, eval_probes=deterministic
                                   and variant.second == "discriminator")
         loss, metrics = variant.loss(objective_key, batch, generator_fn,
                                      second_fns[variant.second], cfg)

@@ -64,10 +64,11 @@ class RTDConfig:
     gen_weight: float = 1.0
     disc_weight: float = 50.0
     main_mlm_weight: float = 1.0  # weight of the main model's MLM loss (replace/all-tokens MLM)
-    # Evaluation probe: also score each corrupted sequence with its real tokens in a random
-    # order (labels moved along): "disc_auc_shuffled" near "disc_auc" means word order is not
-    # used; near "identity_auc", the context is not used at all.
-    order_probe: bool = False
+    # Evaluation probes (off in the train step): "identity_auc", a context-free detector's AUC
+    # (:func:`identity_scores`), and "disc_auc_shuffled", the discriminator on each corrupted
+    # sequence with its real tokens in a random order (labels moved along). Shuffled near
+    # "disc_auc": word order is not used; near "identity_auc": context is not used at all.
+    eval_probes: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
@@ -165,7 +166,7 @@ def identity_scores(corrupted: jax.Array, labels: jax.Array, weights: jax.Array,
 
 
 def _disc_metrics(disc_logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                  real: jax.Array, corrupted: jax.Array, vocab_size: int | None) -> Metrics:
+                  real: jax.Array) -> Metrics:
     predictions = disc_logits > 0
     precision, recall = losses.binary_precision_recall(predictions, labels, weights)
     metrics = {
@@ -176,9 +177,6 @@ def _disc_metrics(disc_logits: jax.Array, labels: jax.Array, weights: jax.Array,
         "disc_auc": losses.binary_auc(disc_logits, labels, weights),
         "replaced_fraction": losses.safe_divide(jnp.sum(labels * real), jnp.sum(real)),
     }
-    if vocab_size is not None:
-        metrics["identity_auc"] = losses.binary_auc(
-            identity_scores(corrupted, labels, weights, vocab_size), labels, weights)
     return metrics
 
 
@@ -199,8 +197,11 @@ def _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg: R
         weights = real  # every real token, [CLS] and [SEP] included
     disc_loss = losses.sigmoid_bce(disc_logits, labels, weights).mean
     loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * disc_loss
-    metrics.update(_disc_metrics(disc_logits, labels, weights, real, corrupted, cfg.vocab_size))
-    if cfg.order_probe:
+    metrics.update(_disc_metrics(disc_logits, labels, weights, real))
+    if cfg.eval_probes:
+        if cfg.vocab_size is not None:
+            metrics["identity_auc"] = losses.binary_auc(
+                identity_scores(corrupted, labels, weights, cfg.vocab_size), labels, weights)
         metrics["disc_auc_shuffled"] = _shuffled_auc(key, corrupted, labels, weights, real,
                                                      discriminator_fn)
     metrics.update(loss=loss, disc_loss=disc_loss)
@@ -223,9 +224,9 @@ def rtd_loss(key: jax.Array, batch: Mapping[str, jax.Array], generator_fn: Calla
     """ELECTRA: gen_weight * MLM(generator) + disc_weight * BCE(discriminator, all real tokens).
 
     Metrics: loss, mlm_loss, disc_loss, gen_accuracy, disc_accuracy, disc_precision, disc_recall
-    (positive class = replaced), disc_auc, identity_auc (the context-free detector of
-    :func:`identity_scores`; needs ``cfg.vocab_size``), replaced_fraction (of real tokens),
-    masked_count (whole batch).
+    (positive class = replaced), disc_auc, replaced_fraction (of real tokens), masked_count
+    (whole batch); with ``cfg.eval_probes`` also identity_auc (needs ``cfg.vocab_size``) and
+    disc_auc_shuffled.
     """
     return _replaced_token_detection(key, batch, generator_fn, discriminator_fn, cfg,
                                      only_masked=False)

@@ -527,7 +527,7 @@ def test_order_probe_leaves_a_context_free_discriminator_alone():
     params = _params()
     tokens = jnp.asarray(np.tile(_batch()[:1], (8, 1)))
     gen_fn = _models(params)[0]
-    cfg = dataclasses.replace(CFG, order_probe=True)
+    cfg = dataclasses.replace(CFG, eval_probes=True, vocab_size=VOCAB)
 
     def by_id(corrupted):
         return params["disc"][corrupted] * 1.0
@@ -541,6 +541,11 @@ def test_order_probe_leaves_a_context_free_discriminator_alone():
             k, {"encoder_input_tokens": tokens}, gen_fn, fn, cfg))(_key(3))
         gap = abs(float(metrics["disc_auc_shuffled"]) - float(metrics["disc_auc"]))
         assert (gap < 1e-6) if same else (gap > 0.02), (fn.__name__, gap)
+        assert "identity_auc" in metrics
+    # The train step (probes off) pays for neither.
+    _, metrics = jax.jit(lambda k: rtd.rtd_loss(
+        k, {"encoder_input_tokens": tokens}, gen_fn, by_id, CFG))(_key(3))
+    assert "identity_auc" not in metrics and "disc_auc_shuffled" not in metrics
 
 
 def test_unigram_generator_samples_the_batch_unigram_distribution():
