@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -257,6 +258,11 @@ class Checkpointer:
             intact = [s for s in self.all_steps() if s != failed]
             sizes = [_size_mb(os.path.join(self.directory, str(s))) for s in intact[-1:]]
             need = f" (a checkpoint takes ~{sizes[0]:.0f} MB)" if sizes and sizes[0] else ""
+            # The writes the failed save never started are garbage-collected at exit, each with
+            # a "coroutine ... was never awaited" warning after our one line; they are the same
+            # failure, already reported.
+            warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited",
+                                    category=RuntimeWarning)
             raise DiskFull(self._full_message(failed, need)) from error
 
     def restore(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
