@@ -239,6 +239,36 @@ def register_tfds_text_tasks(prefix: str, tfds_name: str, vocab_path: str, *,
     return names
 
 
+def c4_task_name(objective: str, params: Mapping[str, float] | None = None) -> str:
+    """The C4 task of ``objective`` with ``params`` (e.g. {"noise_density": 0.25}), registered
+    on first use: ``pretrax_c4_en_{objective}`` at the objective's defaults, else with the
+    parameters in the name (``..._iid_replace_spans_noise_density0.25``)."""
+    denoiser = registry.denoiser(objective)
+    defaults = denoiser.params()
+    given = {k: v for k, v in (params or {}).items() if v != defaults.get(k)}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"objective {objective!r} has no parameter {unknown}; it has "
+                         f"{sorted(defaults)}")
+    name = f"{C4_PREFIX}_{objective}" + "".join(f"_{k}{v:g}" for k, v in sorted(given.items()))
+    if name not in seqio.TaskRegistry.names():
+        _add_streaming(name, seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME), "text", objective,
+                       t5_output_features(vocab_lib.get_vocabulary(bundled.VOCAB_PATH)),
+                       tuple(sorted(given.items())))
+    return name
+
+
+def streaming_recipe(name: str) -> tuple[str, dict[str, float]] | None:
+    """(objective, its parameters) a streaming pretraining task applies (None for others)."""
+    task = seqio.get_mixture_or_task(name)
+    for step in getattr(task, "preprocessors", ()):
+        if getattr(step, "func", None) is apply_objective:
+            objective = step.keywords["objective"]
+            return objective, registry.denoiser(objective).params(**dict(step.keywords.get(
+                "params", ())))
+    return None
+
+
 def local_examples(name: str, split: str, *, inputs_length: int,
                    seed: int) -> examples_lib.IndexedExamples | None:
     """The fast path's examples behind a local-corpus task (None for any other task).
@@ -267,14 +297,14 @@ def register_streaming_task(name: str, source: seqio.DataSource, vocab_path: str
 
 
 def _add_streaming(name: str, source: seqio.DataSource, text_field: str, objective: str,
-                   output_features: Mapping[str, seqio.Feature]) -> None:
+                   output_features: Mapping[str, seqio.Feature], params: tuple = ()) -> None:
     preprocessors = [
         functools.partial(seqio.preprocessors.rekey,
                           key_map={"inputs": None, "targets": text_field}),
         seqio.preprocessors.tokenize,
         seqio.CacheDatasetPlaceholder(),
-        functools.partial(concat_and_split, objective=objective),
-        functools.partial(apply_objective, objective=objective),
+        functools.partial(concat_and_split, objective=objective, params=params),
+        functools.partial(apply_objective, objective=objective, params=params),
         seqio.preprocessors.append_eos_after_trim,
     ]
     if name in seqio.TaskRegistry.names():

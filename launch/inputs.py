@@ -111,6 +111,8 @@ def _seqio_examples(config: Any, objective: Objective, split: str
                          f"or mixture, e.g. {tasks.BUNDLED_TASKS[0]!r} or {tasks.C4_TASKS[0]!r})")
     import seqio
 
+    if name.startswith(tasks.C4_PREFIX) and name not in seqio.TaskRegistry.names():
+        _register_c4_variant(name, config, objective)
     if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         raise ValueError(f"config.data.task={name!r} is not a registered seqio task or mixture")
     features = seqio.get_mixture_or_task(name).output_features
@@ -118,8 +120,38 @@ def _seqio_examples(config: Any, objective: Objective, split: str
     local = tasks.local_examples(name, split, inputs_length=config.data.inputs_length,
                                  seed=config.seed)
     if local is None:
+        _check_recipe(name, tasks.streaming_recipe(name), config, objective)
         return SeqioSplit(name, split)
     return _checked(objective, local, f"config.data.task={name!r}")
+
+
+def _register_c4_variant(name: str, config: Any, objective: Objective) -> None:
+    """Registers ``name`` if it is the C4 task of the config's objective and parameters
+    (``data.tasks.c4_task_name``: e.g. T5 Table 6's 25% i.i.d. corruption on C4)."""
+    from data import tasks
+    from objectives import registry, t5_family
+
+    if objective.name in registry.denoising_names():
+        tasks.c4_task_name(objective.name, t5_family.denoiser_params(config))
+
+
+def _check_recipe(name: str, recipe: tuple[str, dict[str, Any]] | None, config: Any,
+                  objective: Objective) -> None:
+    """A streaming task corrupts text with its own objective and parameters: they must be the
+    config's (else a run set to 25% noise would silently train on the task's 15%)."""
+    from objectives import registry, t5_family
+
+    if recipe is None or objective.name not in registry.denoising_names():
+        return
+    task_objective, task_params = recipe
+    want = registry.denoiser(objective.name).params(**t5_family.denoiser_params(config))
+    if task_objective != objective.name or task_params != want:
+        from data import tasks
+
+        raise ValueError(
+            f"config.data.task={name!r} applies {task_objective} {task_params}, but the config "
+            f"trains {objective.name} {want}; use config.data.task="
+            f"{tasks.c4_task_name(objective.name, want)!r} for C4, or make the two agree")
 
 
 class SyntheticInputs:

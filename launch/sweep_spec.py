@@ -131,6 +131,13 @@ class Stage:
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     axes: Sequence[Point] = (Point("", {}),)
     parent_key: str = "config.train.init_from"  # set to the parent run's workdir
+    # Keys copied from each parent's overrides (e.g. "config.seed": fine-tune with the seed the
+    # parent was pretrained with).
+    inherit: Sequence[str] = ()
+    # Runs of this stage with no parent, once per control x point of ``axes`` (e.g. the
+    # from-scratch baselines of a fine-tuning stage: ``product(named({"scratch": {}}),
+    # seeds(3))``); they start nothing after them.
+    controls: Sequence[Point] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,10 +304,18 @@ def expand(sweep: Sweep, root: str, sweep_file: str = "sweep",
             base = parent.name.split("/", 1)[-1]
             for point in stage.axes:
                 name = f"{stage.name}/{base}" + (f",{point.name}" if point.name else "")
-                overrides = {**stage.fixed, **point.overrides, stage.parent_key: parent.workdir}
+                inherited = {key: parent.overrides[key] for key in stage.inherit
+                             if key in parent.overrides}
+                overrides = {**stage.fixed, **inherited, **point.overrides,
+                             stage.parent_key: parent.workdir}
                 children.append(_make_run(name, stage.config, overrides, root, run_root,
                                           parent.name, sweep_file, True))
-        runs += children
+        controls = [_make_run(f"{stage.name}/{merged.name}", stage.config,
+                              {**stage.fixed, **merged.overrides}, root, run_root, None,
+                              sweep_file, True)
+                    for merged in (_merge((control, point)) for control in stage.controls
+                                   for point in stage.axes)]
+        runs += children + controls
         parents = children
     seen: dict[str, Run] = {}
     for run in runs:

@@ -1,0 +1,691 @@
+"""Re-run a table of the T5 or ELECTRA paper: ``python -m launch.reproduce TABLE --scale=...``.
+
+    python -m launch.reproduce t5_table7 --scale=laptop [--seeds=2] [--root=tables/t5_table7]
+    python -m launch.reproduce electra_table5 --scale=paper --backend=slurm --dry_run
+    python -m launch.reproduce t5_table4 --smoke            # tiny models, about a minute
+    python -m launch.reproduce t5_table4 --report --root=DIR  # the table from what has finished
+
+A table is a sweep (``launch/sweep_spec.py``) of two stages: ``pretrain`` trains every row of
+the table once per seed under the paper's protocol (equal steps; for ``electra_compute``, a
+range of step budgets read against FLOPs), and ``finetune`` fine-tunes each of those runs on the
+scale's downstream tasks with the seed it was pretrained with; from-scratch runs of the same
+fine-tuning (``scratch`` row) show what pretraining is worth at all. The sweep runs through
+``launch.sweep`` (``--backend=local|slurm|tpu_vm``: ``status``, ``retry`` and ``collect`` work
+on ``--root`` as for any sweep), then ``ROOT/table.md`` gets the table (mean +- std over seeds of
+each task's validation metric, each seed linked to its run folder; the row score is the mean over
+tasks, and its difference from the table's baseline row is printed beside the paper's), the
+paper's conclusions checked against the cells, ``ROOT/pretraining.png`` (each row's pretraining
+curve) and ``ROOT/downstream.png`` (score against pretraining FLOPs).
+
+Scales:
+
+- ``laptop``: the quickstart-sized networks on the bundled corpus, fine-tuned on the bundled
+  WordNet tasks (``data/downstream/``); each table is budgeted to finish in about two hours on a
+  2-core CPU (README, "Paper tables").
+- ``paper``: the paper's model, steps and batch (T5-Base-sized encoder-decoder, 2^19 steps of
+  128 x 512 on C4; ELECTRA-Base on ``--text_files``, the user's Wikipedia + BooksCorpus export),
+  fine-tuned on GLUE; a sweep for SLURM or TPU VMs, checked with ``--dry_run``.
+- ``--smoke``: the laptop table with tiny models and a few steps (the tests run it).
+
+Our downstream tasks are not the paper's GLUE / SuperGLUE columns, so the comparison is of
+rankings and of each row's difference from the baseline row, never of absolute scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from launch import sweep_spec
+from launch.sweep_spec import Stage, Sweep, SweepError, named, product, seeds
+
+SCALES = ("laptop", "paper")
+FINETUNE_STAGE = "finetune"
+SCRATCH = "scratch"
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str  # the run-name part (letters, digits, ._-)
+    label: str  # as the paper's table calls it
+    overrides: Mapping[str, Any]  # pretraining config keys (objective and its parameters)
+    paper: float | None = None  # the paper's score (the column ``Table.paper_column``)
+    steps_fraction: float = 1.0  # of the scale's pretraining steps (the compute curve)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One of the paper's conclusions: ``better`` scores above ``worse`` (row names)."""
+    text: str
+    better: str
+    worse: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str
+    family: str  # "t5" | "electra"
+    title: str
+    paper_column: str  # what the paper's numbers are
+    rows: Sequence[Row]
+    baseline: str  # the row the differences are taken from
+    claims: Sequence[Claim] = ()
+    select: str = "last"  # fine-tuning checkpoint scored: "last" | "best" (by validation)
+    compute_curve: bool = False  # a claim per FLOP budget instead of per row
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+
+def _t5(name: str, label: str, objective: str, paper: float, **params: Any) -> Row:
+    overrides = {"config.objective.name": objective}
+    overrides.update({f"config.objective.{k}": float(v) for k, v in params.items()})
+    return Row(name, label, overrides, paper)
+
+
+def _electra(name: str, label: str, objective: str, paper: float | None = None,
+             fraction: float = 1.0) -> Row:
+    return Row(name, label, {"config.objective.name": objective}, paper, fraction)
+
+
+# T5 paper (Raffel et al. 2020): GLUE average of the study's baseline fine-tuning (Tables 4, 6, 7).
+_T5_GLUE = "GLUE average, T5 paper"
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("t5_table4", "t5", "T5 Table 4: high-level denoising objectives", _T5_GLUE,
+          rows=(_t5("prefix_lm", "Prefix language modeling", "prefix_lm", 80.69),
+                _t5("bert", "BERT-style", "bert", 82.96),
+                _t5("deshuffle", "Deshuffling", "deshuffle", 73.17)),
+          baseline="bert", select="best",
+          claims=(Claim("BERT-style denoising beats prefix LM", "bert", "prefix_lm"),
+                  Claim("BERT-style denoising beats deshuffling", "bert", "deshuffle"),
+                  Claim("prefix LM beats deshuffling", "prefix_lm", "deshuffle"))),
+    Table("t5_table6", "t5", "T5 Table 6: i.i.d. corruption rate (replace spans)", _T5_GLUE,
+          rows=tuple(_t5(f"rate{round(100 * d)}", f"{round(100 * d)}%", "iid_replace_spans",
+                         paper, noise_density=d)
+                     for d, paper in ((0.10, 82.82), (0.15, 83.28), (0.25, 83.00),
+                                      (0.50, 81.27))),
+          baseline="rate15", select="best",
+          claims=(Claim("15% beats 50%", "rate15", "rate50"),
+                  Claim("25% beats 50%", "rate25", "rate50"),
+                  Claim("10% beats 50%", "rate10", "rate50"))),
+    Table("t5_table7", "t5", "T5 Table 7: span corruption, mean span length at 15%", _T5_GLUE,
+          rows=(_t5("iid", "Baseline (i.i.d.)", "iid_replace_spans", 83.28, noise_density=0.15),
+                *(_t5(f"span{m}", f"{m}", "span_corruption", paper, noise_density=0.15,
+                      mean_noise_span_length=m)
+                  for m, paper in ((2, 83.54), (3, 83.49), (5, 83.40), (10, 82.85)))),
+          baseline="iid", select="best",
+          claims=(Claim("span length 3 beats i.i.d. corruption", "span3", "iid"),
+                  Claim("span length 3 beats span length 10", "span3", "span10"),
+                  Claim("span length 2 beats span length 10", "span2", "span10"))),
+    Table("electra_table5", "electra",
+          "ELECTRA Table 5: efficiency analysis (equal steps)", "GLUE dev score, ELECTRA paper",
+          rows=(_electra("electra", "ELECTRA", "electra", 85.0),
+                _electra("all_tokens_mlm", "All-Tokens MLM", "all_tokens_mlm", 84.3),
+                _electra("replace_mlm", "Replace MLM", "replace_mlm", 82.4),
+                _electra("electra_15", "ELECTRA 15%", "electra_15", 82.4),
+                _electra("mlm", "BERT", "mlm", 82.2)),
+          baseline="mlm",
+          claims=(Claim("ELECTRA beats BERT (MLM)", "electra", "mlm"),
+                  Claim("ELECTRA beats ELECTRA 15% (learning from all tokens)", "electra",
+                        "electra_15"),
+                  Claim("ELECTRA beats Replace MLM", "electra", "replace_mlm"),
+                  Claim("All-Tokens MLM beats BERT", "all_tokens_mlm", "mlm"))),
+    Table("electra_compute", "electra",
+          "ELECTRA Figures 1 / 3: downstream score against pretraining FLOPs",
+          "the paper plots curves (no table)",
+          rows=tuple(_electra(f"{obj}_{int(f * 100)}", f"{label}, {f:g} of the steps", obj,
+                              fraction=f)
+                     for obj, label in (("electra", "ELECTRA"), ("mlm", "BERT (MLM)"))
+                     for f in (0.25, 0.5, 1.0)),
+          baseline="mlm_100", compute_curve=True,
+          claims=(Claim("ELECTRA beats MLM at equal pretraining FLOPs", "electra", "mlm"),)),
+)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scales: what "laptop" and "paper" mean for each family.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    pretrain: str  # config spec
+    pretrain_fixed: Mapping[str, Any]
+    steps: int  # pretraining steps (per row: x its steps_fraction)
+    finetune: str
+    finetune_fixed: Mapping[str, Any]
+    tasks: Sequence[str]
+    seeds: int
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # per backend below
+
+
+_QUIET = {"config.train.showcase": False, "config.train.tensorboard": False}
+_GLUE = ("glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002",
+         "glue_qqp_v002", "glue_mnli_v002", "glue_qnli_v002", "glue_rte_v002")
+BUCKET = "my-pretrax-bucket"
+# --backend=tpu_vm / slurm defaults of the paper-scale sweeps (change project, zone, bucket;
+# --set KEY=VALUE overrides any of them).
+PAPER_SETTINGS = {
+    "tpu_vm": {"tpu.project": "my-project", "tpu.zone": "us-central2-b",
+               "tpu.accelerator_type": "v4-32", "tpu.version": "tpu-ubuntu2204-base",
+               "tpu.provisioning": "queued_spot",
+               "tpu.setup": ("mountpoint -q /mnt/gcs || (sudo mkdir -p /mnt/gcs && sudo gcsfuse "
+                             f"--implicit-dirs -o allow_other {BUCKET} /mnt/gcs)",),
+               "tpu.workdir_root": "/mnt/gcs/tables",
+               "env.TFDS_DATA_DIR": f"gs://{BUCKET}/tensorflow_datasets"},
+    "slurm": {"slurm.nodes": 2, "slurm.ntasks_per_node": 1, "slurm.gpus_per_node": 8,
+              "slurm.time": "7-00:00:00"},
+    "local": {},
+}
+
+
+def scale_of(family: str, scale: str, smoke: bool) -> Scale:
+    if smoke:
+        pretrain = "configs/t5.py:tiny" if family == "t5" else "configs/electra.py:tiny"
+        finetune = f"configs/finetune.py:{family}_tiny"
+        # (ELECTRA's linear schedule needs warm-up < steps: 2 steps at the curve's 1/4 budget)
+        warmup = {"config.optimizer.warmup_steps": 1} if family == "electra" else {}
+        return Scale(pretrain, {**_QUIET, "config.train.eval_every": 6,
+                                "config.checkpoint.every": 6, "config.train.log_every": 3,
+                                **warmup},
+                     6, finetune, {**_QUIET, "config.train.steps": 4,
+                                   "config.optimizer.total_steps": 4,
+                                   "config.optimizer.warmup_steps": 1,
+                                   "config.train.eval_every": 4, "config.checkpoint.every": 4,
+                                   "config.train.task_eval_examples": 16},
+                     ("wn_lexname",), 1)
+    if scale == "laptop" and family == "t5":
+        # configs/t5.py:quickstart (16 x 128 tokens per step, rsqrt schedule with its 1,000-step
+        # flat start), 1,500 steps; then 600 steps of T5's fine-tuning recipe (Adafactor,
+        # constant 1e-3, dropout 0.1, batch 32) on WordNet supersenses, scored on 1,000
+        # validation records.
+        return Scale("configs/t5.py:quickstart",
+                     {**_QUIET, "config.train.eval_every": 500, "config.checkpoint.every": 500},
+                     1500, "configs/finetune.py:t5_quickstart",
+                     {**_QUIET, "config.train.steps": 600, "config.optimizer.total_steps": 600,
+                      "config.train.eval_every": 600, "config.checkpoint.every": 600,
+                      "config.train.task_eval_examples": 1000},
+                     ("wn_lexname",), 2)
+    if scale == "laptop":
+        # configs/electra.py:laptop (README, "ELECTRA at laptop scale": temperature 2) at the
+        # paper's 15% masking for every row, 1,000 steps of 32 x 128; then 600 steps of the
+        # ELECTRA-Small-style GLUE recipe (AdamW, layer-wise decay 0.8, 10% warm-up, batch 32) on two WordNet tasks, scored on 2,000 validation
+        # records each.
+        return Scale("configs/electra.py:laptop",
+                     {**_QUIET, "config.train.eval_every": 250, "config.checkpoint.every": 500,
+                      "config.optimizer.warmup_steps": 100, "config.objective.mask_prob": 0.15},
+                     1000, "configs/finetune.py:electra_quickstart",
+                     {**_QUIET, "config.train.steps": 600, "config.optimizer.total_steps": 600,
+                      "config.optimizer.warmup_steps": 60, "config.train.eval_every": 600,
+                      "config.checkpoint.every": 600},
+                     ("wn_lexname", "wn_hypernym"), 2)
+    if family == "t5":
+        # The T5 paper's study baseline: a BERT-Base-sized encoder-decoder, 2^19 steps of
+        # 128 x 512 tokens on C4; fine-tuned 2^18 steps, constant LR 1e-3, the best validation
+        # checkpoint (every 5,000 steps) reported.
+        return Scale("configs/t5.py:t5_base",
+                     {"config.data.source": "seqio"}, 2**19,
+                     "configs/finetune.py:t5", {"config.model.preset": "t5_base",
+                                                "config.train.eval_every": 5000,
+                                                "config.checkpoint.every": 5000},
+                     _GLUE, 3)
+    # ELECTRA-Base with its recipe (configs/electra.py:electra_base); GLUE with the paper's
+    # fine-tuning recipe (configs/finetune.py:electra_base), final checkpoint.
+    return Scale("configs/electra.py:electra_base", {"config.data.source": "files"},
+                 int(sweep_spec.load_config("configs/electra.py:electra_base").train.steps),
+                 "configs/finetune.py:electra_base", {}, _GLUE, 3)
+
+
+def _pretrain_overrides(table: Table, row: Row, scale: Scale, paper: bool,
+                        text_files: str) -> dict[str, Any]:
+    """The row's config keys at this scale: its objective and parameters, its steps, and for T5
+    the decoder length its objective needs (and at paper scale the C4 task that makes it)."""
+    overrides = dict(row.overrides)
+    steps = max(1, round(scale.steps * row.steps_fraction))
+    if steps != scale.steps or not paper:
+        overrides.update({"config.train.steps": steps, "config.optimizer.total_steps": steps})
+    if table.family == "t5":
+        from objectives import registry
+
+        objective = overrides["config.objective.name"]
+        params = {k.rsplit(".", 1)[1]: v for k, v in overrides.items()
+                  if k.startswith("config.objective.") and k != "config.objective.name"}
+        inputs_length = sweep_spec.load_config(scale.pretrain).data.inputs_length
+        _, targets_length = registry.denoiser(objective).lengths(inputs_length, **params)
+        overrides["config.data.targets_length"] = targets_length
+        if paper:
+            from data import tasks
+
+            overrides["config.data.task"] = tasks.c4_task_name(objective, params)
+    elif paper:
+        overrides["config.data.train_files"] = text_files
+    return overrides
+
+
+def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
+                smoke: bool = False, backend: str = "local", text_files: str = "",
+                settings: Mapping[str, Any] | None = None) -> Sweep:
+    """The sweep that re-runs ``table_name`` at ``scale_name`` (see the module docstring)."""
+    if table_name not in TABLES:
+        raise SweepError(f"table {table_name!r}; expected one of {sorted(TABLES)}")
+    if scale_name not in SCALES:
+        raise SweepError(f"--scale={scale_name!r}; expected one of {SCALES}")
+    if smoke and scale_name != "laptop":
+        raise SweepError("--smoke runs the laptop table with tiny models; drop --scale=paper")
+    table = TABLES[table_name]
+    paper = scale_name == "paper"
+    if paper and table.family == "electra" and not text_files:
+        raise SweepError(f"{table_name} at --scale=paper pretrains on your text: pass "
+                         "--text_files=GLOB (the paper used Wikipedia + BooksCorpus, one "
+                         "document per line or blank-line separated)")
+    scale = scale_of(table.family, scale_name, smoke)
+    n = scale.seeds if n_seeds is None else n_seeds
+    fixed = {**scale.pretrain_fixed, **(PAPER_SETTINGS[backend] if paper else {}),
+             **(settings or {})}
+    rows = named({row.name: _pretrain_overrides(table, row, scale, paper, text_files)
+                  for row in table.rows})
+    tasks = named({task: {"config.data.task": task} for task in scale.tasks})
+    finetune_fixed = {**scale.finetune_fixed,
+                      **{k: v for k, v in fixed.items() if not k.startswith("config.")}}
+    return Sweep(
+        name=f"{table_name}_{'smoke' if smoke else scale_name}", config=scale.pretrain,
+        fixed=fixed, axes=product(rows, seeds(n)),
+        stages=(Stage(FINETUNE_STAGE, scale.finetune, fixed=finetune_fixed, axes=tasks,
+                      inherit=("config.seed",),
+                      controls=product(named({SCRATCH: {}}), seeds(n))),))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Cell:
+    row: str
+    task: str
+    seed: int
+    value: float | None  # None: the run has not finished
+    run: str  # its folder, relative to the root
+
+
+def _metric_name(task: str) -> str:
+    from data import finetune
+
+    return finetune.get(task).metric
+
+
+def _score(records: list[dict[str, Any]], metric: str, select: str) -> float | None:
+    evals = [r[f"eval/{metric}"] for r in records if f"eval/{metric}" in r and r.get("step")]
+    if not evals:
+        return None
+    return max(evals) if select == "best" else evals[-1]
+
+
+def _parse_name(name: str) -> dict[str, str]:
+    """``finetune/bert,seed=1,wn_lexname`` -> {"row": "bert", "seed": "1", "task": ...}."""
+    parts = name.split("/", 1)[-1].split(",")
+    seed = next(p for p in parts if p.startswith("seed="))
+    return {"row": parts[0], "seed": seed.split("=", 1)[1], "task": parts[-1]}
+
+
+def cells(root: str, table: Table) -> list[Cell]:
+    from launch import metrics as metrics_lib
+    from launch import sweep_state
+
+    _, runs = sweep_state.read_manifest(root)
+    out = []
+    for run in runs:
+        if not run.name.startswith(FINETUNE_STAGE + "/"):
+            continue
+        parts = _parse_name(run.name)
+        value = None
+        if sweep_state.is_done(run):
+            value = _score(metrics_lib.read_metrics(run.workdir), _metric_name(parts["task"]),
+                           table.select)
+        out.append(Cell(parts["row"], parts["task"], int(parts["seed"]), value,
+                        os.path.relpath(run.local_dir, root)))
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def row_scores(found: list[Cell]) -> dict[str, dict[int, float]]:
+    """row -> seed -> the mean over tasks (only seeds with every task finished)."""
+    tasks = sorted({c.task for c in found})
+    out: dict[str, dict[int, float]] = {}
+    for row in dict.fromkeys(c.row for c in found):
+        for seed in sorted({c.seed for c in found if c.row == row}):
+            values = [c.value for c in found if c.row == row and c.seed == seed]
+            if len(values) == len(tasks) and all(v is not None for v in values):
+                out.setdefault(row, {})[seed] = sum(values) / len(values)
+    return out
+
+
+def compare(scores: dict[str, dict[int, float]], better: str, worse: str) -> tuple[str, str]:
+    """(verdict, evidence) for "``better`` scores above ``worse``": paired over seeds, the
+    claim holds when the mean difference exceeds its standard error, is reversed when it is
+    below minus that, and is within the spread otherwise."""
+    common = sorted(set(scores.get(better, {})) & set(scores.get(worse, {})))
+    if not common:
+        return "not run", "-"
+    diffs = [scores[better][s] - scores[worse][s] for s in common]
+    mean, std = _mean_std(diffs)
+    se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    evidence = f"{mean:+.2f} +- {std:.2f} ({len(diffs)} seed{'s' * (len(diffs) > 1)})"
+    if len(diffs) < 2:
+        return "inconclusive (one seed)", evidence
+    if mean > se:
+        return "reproduced", evidence
+    if mean < -se:
+        return "reversed", evidence
+    return "within the seeds' spread", evidence
+
+
+def _flops(root: str, runs: Sequence[Any]) -> dict[str, float]:
+    """row -> pretraining FLOPs (the objective's model FLOPs per step x steps)."""
+    from configs import common
+    from objectives import registry
+
+    out = {}
+    for run in runs:
+        if run.name.startswith(FINETUNE_STAGE + "/"):
+            continue
+        row = run.name.split("/", 1)[-1].split(",")[0]
+        if row in out:
+            continue
+        config = common.read_config(os.path.join(run.local_dir, "config.json"))
+        out[row] = registry.build(config).flops_per_step * config.train.steps
+    return out
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation in log FLOPs; None outside the measured range."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1:
+            t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0
+            return y0 + t * (y1 - y0)
+    return None
+
+
+def compute_claims(table: Table, scores: dict[str, dict[int, float]], flops: dict[str, float]
+                   ) -> list[tuple[str, str, str]]:
+    """For each ELECTRA budget inside MLM's measured FLOP range: ELECTRA's mean score against
+    MLM's interpolated at the same FLOPs (per seed, then paired as :func:`compare`)."""
+    out = []
+    for claim in table.claims:
+        ours = [r.name for r in table.rows if r.name.startswith(claim.better + "_")]
+        theirs = [r.name for r in table.rows if r.name.startswith(claim.worse + "_")]
+        for row in ours:
+            if row not in scores or row not in flops:
+                continue
+            paired: dict[str, dict[int, float]] = {"a": {}, "b": {}}
+            for seed, value in scores[row].items():
+                curve = [(flops[r], scores[r][seed]) for r in theirs
+                         if r in scores and seed in scores[r] and r in flops]
+                other = _interpolate(curve, flops[row])
+                if other is not None:
+                    paired["a"][seed], paired["b"][seed] = value, other
+            verdict, evidence = compare(paired, "a", "b")
+            if verdict != "not run":
+                out.append((f"{claim.text} ({flops[row]:.2e} FLOPs)", verdict, evidence))
+    return out
+
+
+def report(root: str, table_name: str) -> str:
+    """Writes ROOT/table.md, ROOT/pretraining.png and ROOT/downstream.png; returns the markdown."""
+    from launch import sweep_state
+
+    table = TABLES[table_name]
+    manifest, runs = sweep_state.read_manifest(root)
+    found = cells(root, table)
+    scores = row_scores(found)
+    flops = _flops(root, runs)
+    tasks = sorted({c.task for c in found})
+    base = scores.get(table.baseline, {})
+    lines = [f"# {table.title}", "",
+             f"Sweep `{manifest['name']}` under `{root}`; "
+             f"{'best' if table.select == 'best' else 'final'} validation score of each "
+             f"fine-tuning run (metric: {', '.join(f'{t} {_metric_name(t)}' for t in tasks)}); "
+             "mean +- std over pretraining seeds, each seed's value linked to its run.", ""]
+    header = ["row", "paper row", *tasks, "score (mean over tasks)",
+              f"vs {table.baseline}", f"paper ({table.paper_column})", "paper vs baseline",
+              "pretraining FLOPs"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    baseline_paper = table.row(table.baseline).paper
+    for row_name in [r.name for r in table.rows] + [SCRATCH]:
+        row = next((r for r in table.rows if r.name == row_name), None)
+        cols = [f"`{row_name}`", row.label if row else "no pretraining (from scratch)"]
+        for task in tasks:
+            mine = sorted((c for c in found if c.row == row_name and c.task == task),
+                          key=lambda c: c.seed)
+            done = [c.value for c in mine if c.value is not None]
+            links = ", ".join(f"[{c.value:.1f}]({c.run})" if c.value is not None
+                              else f"[pending]({c.run})" for c in mine)
+            if done:
+                mean, std = _mean_std(done)
+                cols.append(f"{mean:.1f} +- {std:.1f} ({links})")
+            else:
+                cols.append(links or "-")
+        mine = scores.get(row_name, {})
+        if mine:
+            mean, std = _mean_std(list(mine.values()))
+            cols.append(f"**{mean:.2f}** +- {std:.2f}")
+            common = sorted(set(mine) & set(base))
+            if common and row_name != table.baseline:
+                diff, dstd = _mean_std([mine[s] - base[s] for s in common])
+                cols.append(f"{diff:+.2f} +- {dstd:.2f}")
+            else:
+                cols.append("-")
+        else:
+            cols += ["-", "-"]
+        paper = row.paper if row else None
+        cols.append("-" if paper is None else f"{paper:.2f}")
+        cols.append("-" if paper is None or baseline_paper is None or row_name == table.baseline
+                    else f"{paper - baseline_paper:+.2f}")
+        cols.append(f"{flops[row_name]:.2e}" if row_name in flops else "0")
+        lines.append("| " + " | ".join(cols) + " |")
+    lines += ["", "## The paper's conclusions, checked", "",
+              "| conclusion | here | mean difference +- std over seeds |", "|---|---|---|"]
+    claims = (compute_claims(table, scores, flops) if table.compute_curve else
+              [(c.text, *compare(scores, c.better, c.worse)) for c in table.claims])
+    rows = [r.name for r in table.rows]
+    claims += [(f"pretraining ({r}) beats no pretraining", *compare(scores, r, SCRATCH))
+               for r in rows]
+    lines += [f"| {text} | {verdict} | {evidence} |" for text, verdict, evidence in claims]
+    lines += ["", "A conclusion is *reproduced* when the mean difference over seeds exceeds its "
+              "standard error, *reversed* when it is below minus it, and within the spread "
+              "otherwise.", ""]
+    text = "\n".join(lines)
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write(text)
+    _plots(root, table, runs, scores, flops)
+    return text
+
+
+def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[int, float]],
+           flops: dict[str, float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from launch import metrics as metrics_lib
+
+    key = "eval/cross_entropy" if table.family == "t5" else "eval/loss"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in table.rows:
+        curves = []
+        for run in runs:
+            if run.name.startswith(f"pretrain/{row.name},"):
+                records = [r for r in metrics_lib.read_metrics(run.workdir) if key in r]
+                curves.append({r["step"]: r[key] for r in records})
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if steps:
+            ax.plot(steps, [sum(c[s] for c in curves) / len(curves) for s in steps],
+                    marker="o", label=row.label)
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel(f"{key} (each row's own objective; mean over seeds)")
+    ax.set_title(f"{table.title}: pretraining")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, "pretraining.png"), dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families = ({"ELECTRA": "electra_", "BERT (MLM)": "mlm_"} if table.compute_curve else
+                {r.label: r.name for r in table.rows})
+    for label, prefix in families.items():
+        names = [r.name for r in table.rows if (r.name.startswith(prefix) if table.compute_curve
+                                                else r.name == prefix)]
+        xs, ys, es = [], [], []
+        for name in names:
+            if name in scores and name in flops:
+                mean, std = _mean_std(list(scores[name].values()))
+                xs.append(flops[name])
+                ys.append(mean)
+                es.append(std)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label,
+                        linestyle="-" if table.compute_curve else "none")
+    if SCRATCH in scores:
+        mean, _ = _mean_std(list(scores[SCRATCH].values()))
+        ax.axhline(mean, color="gray", linestyle="--", label="no pretraining")
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining FLOPs (model FLOPs per step x steps)")
+    ax.set_ylabel("downstream score (mean over tasks and seeds)")
+    ax.set_title(f"{table.title}: downstream")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(root, "downstream.png"), dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------------------------
+_SWEEP_FILE = '''"""Written by launch.reproduce: {table} at {scale} (expanding it again gives the same
+runs)."""
+
+from launch import reproduce
+
+
+def get_sweep():
+    return reproduce.build_sweep({args})
+'''
+
+
+def _parse_setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SweepError(f"--set {text!r}: expected KEY=VALUE, e.g. tpu.project=my-project")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.reproduce",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--scale", choices=SCALES, default="laptop")
+    parser.add_argument("--backend", choices=("local", "slurm", "tpu_vm"), default="local")
+    parser.add_argument("--seeds", type=int, help="pretraining seeds per row (default: the "
+                        "scale's: 2 at laptop scale, 3 at paper scale)")
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps")
+    parser.add_argument("--root", help="the sweep's directory (default tables/TABLE_SCALE)")
+    parser.add_argument("--text_files", default="",
+                        help="ELECTRA at paper scale: the pretraining text (a glob)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sweep-wide override or setting (config.*, slurm.*, tpu.*, "
+                             "env.*), e.g. --set tpu.project=my-project")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print the runs and their commands; write and start nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="only write the table and figures from the runs finished so far")
+    parser.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
+    parser.add_argument("--execute", action="store_true", help="tpu_vm: run the scripts")
+    parser.add_argument("--git_url", help="tpu_vm: the repository the workers install")
+    parser.add_argument("--git_ref", help="tpu_vm: the commit they install")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    label = "smoke" if args.smoke else args.scale
+    root = os.path.abspath(args.root or os.path.join("tables", f"{args.table}_{label}"))
+    if args.report:
+        print(report(root, args.table))
+        return 0
+    settings = dict(_parse_setting(s) for s in args.set)
+    call = dict(table_name=args.table, scale_name=args.scale, n_seeds=args.seeds,
+                smoke=args.smoke, backend=args.backend, text_files=args.text_files,
+                settings=settings)
+    build_sweep(**call)  # fails here, before anything is written, on a bad table or setting
+    from launch import sweep
+
+    sweep_file = os.path.join(root, "table_sweep.py")
+    flags = [f"--sweep={sweep_file}", f"--root={root}", f"--backend={args.backend}",
+             f"--parallel={args.parallel}", *(["--execute"] if args.execute else []),
+             *([f"--git_url={args.git_url}"] if args.git_url else []),
+             *([f"--git_ref={args.git_ref}"] if args.git_ref else [])]
+    if args.dry_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep_file = os.path.join(tmp, "table_sweep.py")
+            _write_sweep_file(sweep_file, args, call)
+            flags[0] = f"--sweep={sweep_file}"
+            return sweep.main(["launch", *flags, "--dry_run"])
+    os.makedirs(root, exist_ok=True)
+    _write_sweep_file(sweep_file, args, call)
+    start = time.time()
+    code = sweep.main(["launch", *flags])
+    if args.backend != "local":
+        print(f"when the runs are done: python -m launch.reproduce {args.table} --report "
+              f"--root={root}")
+        return code
+    _record_wall(root, time.time() - start)
+    print(report(root, args.table))
+    print(f"wrote {root}/table.md, pretraining.png, downstream.png")
+    return code
+
+
+def _write_sweep_file(path: str, args: argparse.Namespace, call: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        f.write(_SWEEP_FILE.format(table=args.table, scale="smoke" if args.smoke else args.scale,
+                                   args=", ".join(f"{k}={v!r}" for k, v in call.items())))
+
+
+def _record_wall(root: str, seconds: float) -> None:
+    """Appends this invocation's wall time and CPU to ROOT/reproduce.json."""
+    from launch import bench
+
+    path = os.path.join(root, "reproduce.json")
+    history = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            history = json.load(f)
+    history.append({"date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(seconds),
+                    "cpu": bench.cpu_description()})
+    with open(path, "w") as f:
+        json.dump(history, f, indent=2)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SweepError as error:
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
