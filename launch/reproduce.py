@@ -217,8 +217,8 @@ def scale_of(family: str, scale: str, smoke: bool) -> Scale:
     if scale == "laptop":
         # configs/electra.py:laptop (README, "ELECTRA at laptop scale": temperature 2) at the
         # paper's 15% masking for every row, 1,000 steps of 32 x 128; then 600 steps of the
-        # ELECTRA-Small-style GLUE recipe (AdamW, layer-wise decay 0.8, 10% warm-up, batch 32) on two WordNet tasks, scored on 2,000 validation
-        # records each.
+        # ELECTRA-Small-style GLUE recipe (AdamW, layer-wise decay 0.8, 10% warm-up, batch 32)
+        # on two WordNet tasks, scored on 2,000 validation records each.
         return Scale("configs/electra.py:laptop",
                      {**_QUIET, "config.train.eval_every": 250, "config.checkpoint.every": 500,
                       "config.optimizer.warmup_steps": 100, "config.objective.mask_prob": 0.15},
@@ -576,8 +576,8 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
 # ---------------------------------------------------------------------------------------------
 # The command.
 # ---------------------------------------------------------------------------------------------
-_SWEEP_FILE = '''"""Written by launch.reproduce: {table} at {scale} (expanding it again gives the same
-runs)."""
+_SWEEP_FILE = '''"""Written by launch.reproduce: {table} at {scale} (expanding it again
+gives the same runs)."""
 
 from launch import reproduce
 
