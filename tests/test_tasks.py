@@ -323,3 +323,47 @@ def test_electra_builder_semantics_by_hand(monkeypatch):
     # Target 7: after 4 + 4 = 8 tokens the example is cut (next document, ids 28..35).
     np.testing.assert_array_equal(table.example(1)["inputs"], [3, *range(28, 36), 4])
     np.testing.assert_array_equal(table.example(2)["inputs"], [3, 36, 37, 4])
+
+
+def test_c4_variant_task_applies_its_parameters_and_a_mismatch_is_refused():
+    """T5 Table 7's mean span length 10 on C4: the task registered for it corrupts with mean
+    span 10 (fewer, longer spans than the default 3), and a config whose objective parameters
+    differ from a streaming task's is refused with the task that matches."""
+    from launch import inputs, sweep_spec
+
+    name = tasks.c4_task_name("span_corruption", {"noise_density": 0.15,
+                                                  "mean_noise_span_length": 10.0})
+    assert name == "pretrax_c4_en_span_corruption_mean_noise_span_length10"
+    assert tasks.streaming_recipe(name) == ("span_corruption", {
+        "noise_density": 0.15, "mean_noise_span_length": 10.0, "max_sentinels": 100})
+    task = seqio.get_mixture_or_task(name)
+    docs = [d for _, d in zip(range(40), _read(bundled.VALIDATION_FILES), strict=False)]
+    raw, targets_length = span_corruption.raw_length(128, 0.15, 10.0)
+    ds = task.preprocess_precache(tf.data.Dataset.from_tensor_slices({"text": docs}), seed=1)
+    ds = task.preprocess_postcache(ds, sequence_length={"inputs": 128,
+                                                        "targets": targets_length}, seed=1)
+    full = [e for e in ds.as_numpy_iterator() if e["inputs"].size == 128]
+    # 147 raw tokens at 15%: 22 noise tokens in round(22 / 10) = 2 spans (the default: 7)
+    assert raw == 147 and len(full) > 10
+    for e in full:
+        assert np.sum(e["inputs"] >= 8192 - 100) == 2 and e["targets"].size == targets_length
+
+    config = sweep_spec.load_config("configs/t5.py:tiny")
+    with config.unlocked():
+        config.data.source = "seqio"
+        config.data.task = "pretrax_c4_en_span_corruption"  # the default mean span, 3
+        config.objective.mean_noise_span_length = 10.0
+        _, config.data.targets_length = span_corruption.raw_length(64, 0.15, 10.0)
+    with pytest.raises(ValueError, match=r"applies span_corruption .*'mean_noise_span_length': "
+                       r"3.0.* but the config trains .*10.0.*use config.data.task='"
+                       f"{name}'"):
+        inputs.make_examples(config, registry.build(config), "train")
+    with config.unlocked():
+        config.data.task = "pretrax_c4_en_iid_replace_spans_noise_density0.5"  # registered now
+        config.objective.name = "iid_replace_spans"
+        config.objective.noise_density = 0.5
+        config.objective.mean_noise_span_length = None
+        _, config.data.targets_length = registry.denoiser("iid_replace_spans").lengths(
+            64, noise_density=0.5)
+    assert inputs.make_examples(config, registry.build(config), "train") == inputs.SeqioSplit(
+        config.data.task, "train")
