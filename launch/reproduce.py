@@ -49,6 +49,7 @@ from launch.sweep_spec import Stage, Sweep, SweepError, named, product, seeds
 SCALES = ("laptop", "paper")
 FINETUNE_STAGE = "finetune"
 SCRATCH = "scratch"
+CELLS = "cells.json"  # every cell's value, machine-readable (what --against compares)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,6 +512,9 @@ def report(root: str, table_name: str) -> str:
     text = "\n".join(lines)
     with open(os.path.join(root, "table.md"), "w") as f:
         f.write(text)
+    with open(os.path.join(root, CELLS), "w") as f:
+        json.dump({"table": table_name, "cells": [dataclasses.asdict(c) for c in found],
+                   "scores": scores}, f, indent=1)
     _plots(root, table, runs, scores, flops)
     return text
 
@@ -573,6 +577,71 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
     plt.close(fig)
 
 
+def export(root: str, dest: str) -> list[str]:
+    """Copies what a committed table needs into ``dest``: the table, figures, cells, wall
+    times, and each run's config.json, metrics.jsonl and log (no checkpoints), keeping the
+    run folders' names so the table's links resolve there."""
+    import shutil
+
+    from launch import sweep_state
+
+    copied = []
+    _, runs = sweep_state.read_manifest(root)
+    names = ["table.md", "pretraining.png", "downstream.png", CELLS, "reproduce.json",
+             "table_sweep.py"]
+    files = [(os.path.join(root, n), os.path.join(dest, n)) for n in names]
+    for run in runs:
+        rel = os.path.relpath(run.local_dir, root)
+        for name in ("config.json", "metrics.jsonl", os.path.join("sweep", "train.log")):
+            files.append((os.path.join(run.local_dir, name), os.path.join(dest, rel, name)))
+    for source, target in files:
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(source, target)
+            copied.append(target)
+    return copied
+
+
+def against(root: str, reference: str) -> str:
+    """Each cell of ``root`` beside the same cell (row, task, seed) of a committed table, and
+    each row score's difference against the committed seeds' spread."""
+    def load(path: str) -> dict[str, Any]:
+        with open(os.path.join(path, CELLS)) as f:
+            return json.load(f)
+
+    now, then = load(root), load(reference)
+    if now["table"] != then["table"]:
+        raise SweepError(f"--against={reference} holds {then['table']}, not {now['table']}")
+    key = lambda c: (c["row"], c["task"], c["seed"])  # noqa: E731
+    old = {key(c): c["value"] for c in then["cells"]}
+    lines = ["| row | task | seed | committed | this run | difference |",
+             "|---|---|---|---|---|---|"]
+    diffs = []
+    for cell in now["cells"]:
+        a, b = old.get(key(cell)), cell["value"]
+        if a is None or b is None:
+            continue
+        diffs.append(abs(b - a))
+        lines.append(f"| {cell['row']} | {cell['task']} | {cell['seed']} | {a:.2f} | {b:.2f} | "
+                     f"{b - a:+.2f} |")
+    lines.append("")
+    within = []
+    for row, seeds_ in then["scores"].items():
+        mine = now["scores"].get(row)
+        if not mine or len(seeds_) < 2:
+            continue
+        mean, std = _mean_std(list(seeds_.values()))
+        here, _ = _mean_std(list(mine.values()))
+        within.append(abs(here - mean) <= std)
+        lines.append(f"row {row}: committed {mean:.2f} +- {std:.2f}, this run {here:.2f} "
+                     f"({'within' if within[-1] else 'OUTSIDE'} the committed spread)")
+    identical = sum(d == 0 for d in diffs)
+    lines.append(f"{len(diffs)} cells compared: {identical} identical, largest difference "
+                 f"{max(diffs, default=0):.2f}; {sum(within)} of {len(within)} row scores "
+                 "within the committed seeds' spread")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command.
 # ---------------------------------------------------------------------------------------------
@@ -617,6 +686,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the runs and their commands; write and start nothing")
     parser.add_argument("--report", action="store_true",
                         help="only write the table and figures from the runs finished so far")
+    parser.add_argument("--export", metavar="DIR",
+                        help="after the report, copy the table, figures and each run's config "
+                             "and metrics (no checkpoints) to DIR, e.g. docs/tables/NAME")
+    parser.add_argument("--against", metavar="DIR",
+                        help="after the report, compare every cell with a committed table "
+                             "(e.g. docs/tables/t5_table7_laptop)")
     parser.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
     parser.add_argument("--execute", action="store_true", help="tpu_vm: run the scripts")
     parser.add_argument("--git_url", help="tpu_vm: the repository the workers install")
@@ -627,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(args.root or os.path.join("tables", f"{args.table}_{label}"))
     if args.report:
         print(report(root, args.table))
+        _after_report(root, args)
         return 0
     settings = dict(_parse_setting(s) for s in args.set)
     call = dict(table_name=args.table, scale_name=args.scale, n_seeds=args.seeds,
@@ -659,7 +735,15 @@ def main(argv: list[str] | None = None) -> int:
     _record_wall(root, time.time() - start)
     print(report(root, args.table))
     print(f"wrote {root}/table.md, pretraining.png, downstream.png")
+    _after_report(root, args)
     return code
+
+
+def _after_report(root: str, args: argparse.Namespace) -> None:
+    if args.export:
+        print(f"exported {len(export(root, args.export))} files to {args.export}")
+    if args.against:
+        print(against(root, args.against))
 
 
 def _write_sweep_file(path: str, args: argparse.Namespace, call: dict[str, Any]) -> None:

@@ -192,3 +192,11 @@ def test_smoke_table_runs_and_reports_the_runs_numbers(tmp_path, table):
     assert len(rows) == len(spec.rows) + 1 and "pending" not in text
     assert re.search(r"\| pretraining \(\w+\) beats no pretraining \| inconclusive \(one seed\)",
                      text)
+    # Exported for committing (no checkpoints), then compared cell by cell with itself.
+    committed = tmp_path / "committed"
+    _reproduce(table, "--report", f"--root={root}", f"--export={committed}")
+    assert (committed / "table.md").read_text() == text
+    assert not list(committed.rglob("checkpoints"))
+    n = len([r for r in runs if r.name.startswith("finetune/")])
+    out = _reproduce(table, "--report", f"--root={root}", f"--against={committed}").stdout
+    assert f"{n} cells compared: {n} identical, largest difference 0.00" in out
