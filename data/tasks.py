@@ -28,6 +28,7 @@ Pretraining tasks have no metrics (metric_fns=[]). T5's GLUE and SuperGLUE tasks
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -239,10 +240,12 @@ def register_tfds_text_tasks(prefix: str, tfds_name: str, vocab_path: str, *,
     return names
 
 
-def c4_task_name(objective: str, params: Mapping[str, float] | None = None) -> str:
-    """The C4 task of ``objective`` with ``params`` (e.g. {"noise_density": 0.25}), registered
-    on first use: ``pretrax_c4_en_{objective}`` at the objective's defaults, else with the
-    parameters in the name (``..._iid_replace_spans_noise_density0.25``)."""
+def c4_task_name(objective: str, params: Mapping[str, float] | None = None,
+                 vocab_path: str = bundled.VOCAB_PATH, register: bool = True) -> str:
+    """The C4 task of ``objective`` with ``params`` (e.g. {"noise_density": 0.25}):
+    ``pretrax_c4_en_{objective}`` at the objective's defaults, else with the parameters in the
+    name (``..._iid_replace_spans_noise_density0.25``). With ``register``, (re)registers it
+    with the sentencepiece model ``vocab_path`` unless it already has that one."""
     denoiser = registry.denoiser(objective)
     defaults = denoiser.params()
     given = {k: v for k, v in (params or {}).items() if v != defaults.get(k)}
@@ -251,11 +254,22 @@ def c4_task_name(objective: str, params: Mapping[str, float] | None = None) -> s
         raise ValueError(f"objective {objective!r} has no parameter {unknown}; it has "
                          f"{sorted(defaults)}")
     name = f"{C4_PREFIX}_{objective}" + "".join(f"_{k}{v:g}" for k, v in sorted(given.items()))
-    if name not in seqio.TaskRegistry.names():
+    if not re.fullmatch(r"[\w\d.:_]+", name):
+        raise ValueError(f"objective parameters {given} make the task name {name!r}, which "
+                         "seqio refuses; use plain decimal values")
+    if register and _vocab_file(name) != vocab_path:
         _add_streaming(name, seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME), "text", objective,
-                       t5_output_features(vocab_lib.get_vocabulary(bundled.VOCAB_PATH)),
+                       t5_output_features(vocab_lib.get_vocabulary(vocab_path)),
                        tuple(sorted(given.items())))
     return name
+
+
+def _vocab_file(name: str) -> str | None:
+    """The sentencepiece model of a registered task (None: no such task)."""
+    if name not in seqio.TaskRegistry.names():
+        return None
+    vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    return getattr(vocabulary, "sentencepiece_model_file", None)
 
 
 def streaming_recipe(name: str) -> tuple[str, dict[str, float]] | None:

@@ -111,7 +111,7 @@ def _seqio_examples(config: Any, objective: Objective, split: str
                          f"or mixture, e.g. {tasks.BUNDLED_TASKS[0]!r} or {tasks.C4_TASKS[0]!r})")
     import seqio
 
-    if name.startswith(tasks.C4_PREFIX) and name not in seqio.TaskRegistry.names():
+    if name.startswith(tasks.C4_PREFIX):  # registered (again) with the run's vocabulary
         _register_c4_variant(name, config, objective)
     if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         raise ValueError(f"config.data.task={name!r} is not a registered seqio task or mixture")
@@ -132,7 +132,8 @@ def _register_c4_variant(name: str, config: Any, objective: Objective) -> None:
     from objectives import registry, t5_family
 
     if objective.name in registry.denoising_names():
-        tasks.c4_task_name(objective.name, t5_family.denoiser_params(config))
+        tasks.c4_task_name(objective.name, t5_family.denoiser_params(config),
+                           vocab_lib.path_of(config))
 
 
 def _check_recipe(name: str, recipe: tuple[str, dict[str, Any]] | None, config: Any,

@@ -304,8 +304,11 @@ def expand(sweep: Sweep, root: str, sweep_file: str = "sweep",
             base = parent.name.split("/", 1)[-1]
             for point in stage.axes:
                 name = f"{stage.name}/{base}" + (f",{point.name}" if point.name else "")
-                inherited = {key: parent.overrides[key] for key in stage.inherit
-                             if key in parent.overrides}
+                missing = [key for key in stage.inherit if key not in parent.overrides]
+                if missing:
+                    raise SweepError(f"{sweep_file}: stage {stage.name} inherits {missing} "
+                                     f"from run {parent.name}, which does not set it")
+                inherited = {key: parent.overrides[key] for key in stage.inherit}
                 overrides = {**stage.fixed, **inherited, **point.overrides,
                              stage.parent_key: parent.workdir}
                 children.append(_make_run(name, stage.config, overrides, root, run_root,

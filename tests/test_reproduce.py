@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -63,8 +64,33 @@ def test_electra_table5_rows_share_everything_but_the_objective(tmp_path):
         # The laptop recipe (temperature 2) at the paper's 15% masks, equal steps and batch.
         assert (config.train.steps, config.data.batch_size, config.objective.mask_prob,
                 config.objective.temperature) == (1000, 32, 0.15, 2.0)
-    tasks = sorted(r.resolved.data.task for r in runs if r.name.startswith("finetune/electra,"))
-    assert tasks == ["wn_hypernym", "wn_lexname"]
+    finetune = [r.resolved for r in runs if r.name.startswith("finetune/electra,")]
+    assert sorted(c.data.task for c in finetune) == ["wn_hypernym", "wn_lexname"]
+    # 600 steps, not finetune.py's 3 epochs (which would resolve to 1,875 steps at run time)
+    assert {(c.train.epochs, c.train.steps, c.optimizer.total_steps) for c in finetune} == {
+        (None, 600, 600)}
+
+
+def test_set_reaches_the_stage_it_names(tmp_path):
+    sweep = reproduce.build_sweep("electra_compute", "laptop", n_seeds=1, settings={
+        "config.train.steps": 400, "config.data.inputs_length": 64,
+        "finetune.config.train.steps": 50, "env.FOO": "1"})
+    runs = {r.name: r for r in sweep_spec.expand(sweep, str(tmp_path))}
+    electra_25 = runs["pretrain/electra_25,seed=0"].resolved
+    assert (electra_25.train.steps, electra_25.optimizer.total_steps,
+            electra_25.data.inputs_length) == (100, 100, 64)
+    assert runs["pretrain/mlm_200,seed=0"].resolved.train.steps == 800
+    child = runs["finetune/electra_25,seed=0,wn_lexname"]
+    assert child.resolved.train.steps == 50 and child.resolved.data.inputs_length == 128
+    assert child.env() == {"FOO": "1"}
+    t5 = {r.name: r.resolved for r in sweep_spec.expand(reproduce.build_sweep(
+        "t5_table6", "laptop", n_seeds=1, settings={"config.data.inputs_length": 64}),
+        str(tmp_path / "t5"))}
+    # the decoder length follows the encoder length set with --set (50% noise: 114 at 128)
+    from objectives import registry
+
+    want = registry.denoiser("iid_replace_spans").lengths(64, noise_density=0.5)[1]
+    assert t5["pretrain/rate50,seed=0"].data.targets_length == want != 114
 
 
 def test_compute_curve_rows_are_step_budgets(tmp_path):
@@ -73,7 +99,8 @@ def test_compute_curve_rows_are_step_budgets(tmp_path):
     steps = {r.name: r.resolved.train.steps for r in runs if r.name.startswith("pretrain/")}
     assert steps == {"pretrain/electra_25,seed=0": 250, "pretrain/electra_50,seed=0": 500,
                      "pretrain/electra_100,seed=0": 1000, "pretrain/mlm_25,seed=0": 250,
-                     "pretrain/mlm_50,seed=0": 500, "pretrain/mlm_100,seed=0": 1000}
+                     "pretrain/mlm_50,seed=0": 500, "pretrain/mlm_100,seed=0": 1000,
+                     "pretrain/mlm_200,seed=0": 2000}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -107,7 +134,12 @@ def test_paper_scale_t5_table_on_slurm(tmp_path):
     # Decoder lengths the i.i.d. targets need at 512 inputs (exceeded by <= 1e-3 of examples)
     assert "configs/t5.py:t5_base" in out and "--config.data.targets_length=187" in out
     assert "glue_rte_v002" in out and "--config.model.preset=t5_base" in out
-    assert "--config.train.steps" not in out.split("finetune/")[0]  # the preset's 2^19
+    pretrain = out.split("\nfinetune/")[0]
+    assert pretrain.count("--config.train.steps=524288") == 12  # 2^19 steps of 128 x 512
+    # T5 1.0's dropout 0.1 in pretraining, and the paper's 32k C4 vocabulary for both stages
+    assert pretrain.count("--config.model.dropout_rate=0.1") == 12
+    assert out.count("--config.data.vocab_path=gs://t5-data/vocabs/cc_all.32000/"
+                     "sentencepiece.model") == 132
 
 
 def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
@@ -124,18 +156,41 @@ def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The report's arithmetic, on hand-made scores.
 # ---------------------------------------------------------------------------------------------
-def test_compare_pairs_seeds_and_uses_the_standard_error():
+def test_compare_is_a_paired_one_sided_t_test():
     scores = {"a": {0: 50.0, 1: 52.0, 2: 51.0}, "b": {0: 48.0, 1: 49.0, 2: 50.0},
               "c": {0: 49.0, 1: 53.0, 2: 50.0}}
     verdict, evidence = reproduce.compare(scores, "a", "b")
-    # differences 2, 3, 1: mean 2, std 1, standard error 0.577
-    assert verdict == "reproduced" and evidence == "+2.00 +- 1.00 (3 seeds)"
+    # differences 2, 3, 1: mean 2, std 1, standard error 1/sqrt(3), t = 3.46 > t(0.95, 2) = 2.92
+    assert verdict == "reproduced"
+    assert evidence == "+2.00 +- 1.00 (3 seeds; t = 3.46, needs 2.92)"
     assert reproduce.compare(scores, "b", "a")[0] == "reversed"
-    # a - c: 1, -1, 1: mean 0.333, std 1.155, se 0.667 -> within the spread
+    # a - c: 1, -1, 1: t = 0.5
     assert reproduce.compare(scores, "a", "c")[0] == "within the seeds' spread"
     assert reproduce.compare(scores, "a", "missing") == ("not run", "-")
     assert reproduce.compare({"a": {0: 1.0}, "b": {0: 0.0}}, "a", "b")[0].startswith(
         "inconclusive")
+    # Two seeds: t(0.95, 1) = 6.31, so 2.0 and 2.5 (t = 9) counts and 1.0 and 3.0 (t = 2) not.
+    two = {"x": {0: 2.0, 1: 2.5}, "y": {0: 1.0, 1: 3.0}, "z": {0: 0.0, 1: 0.0}}
+    assert reproduce.compare(two, "x", "z")[0] == "reproduced"
+    assert reproduce.compare(two, "y", "z")[0] == "within the seeds' spread"
+
+
+def test_as_good_as_any_names_the_rows_that_beat_it():
+    scores = {"r1": {0: 50.0, 1: 51.0, 2: 52.0}, "r2": {0: 53.0, 1: 54.5, 2: 55.0},
+              "r3": {0: 47.0, 1: 57.0, 2: 51.0}}  # noisy: nothing is significant against it
+    verdict, evidence = reproduce.as_good_as_any(scores, "r1", ["r1", "r2", "r3"])
+    assert verdict == "not reproduced: r2 score higher"  # r2 - r1: 3, 3.5, 3
+    assert evidence.startswith("best other row r2: -3.17")
+    assert reproduce.as_good_as_any(scores, "r2", ["r1", "r2", "r3"])[0] == "reproduced"
+    assert reproduce.as_good_as_any(scores, "r3", ["r1", "r2", "r3"])[0] == "reproduced"
+
+
+def test_score_takes_the_last_or_the_best_evaluation_after_step_0():
+    records = [{"step": 0, "eval/accuracy": 99.0}, {"step": 2, "loss": 1.0},
+               {"step": 2, "eval/accuracy": 50.0}, {"step": 4, "eval/accuracy": 40.0}]
+    assert reproduce._score(records, "accuracy", "last") == 40.0
+    assert reproduce._score(records, "accuracy", "best") == 50.0
+    assert reproduce._score(records[:2], "accuracy", "last") is None
 
 
 def test_compute_claims_interpolate_mlm_at_electra_flops():
@@ -147,11 +202,11 @@ def test_compute_claims_interpolate_mlm_at_electra_flops():
               "mlm_25": {0: 10.0, 1: 12.0}, "mlm_50": {0: 20.0, 1: 20.0},
               "mlm_100": {0: 44.0, 1: 42.0}}
     claims = reproduce.compute_claims(table, scores, flops)
-    # electra_25 at 2e9 meets mlm_50 exactly (diffs 10, 12); electra_50 at 4e9 meets mlm_100
-    # (diffs -4, -1); electra_100 at 8e9 is beyond MLM's range: no claim.
+    # electra_25 at 2e9 meets mlm_50 exactly (differences 10, 12: t = 11); electra_50 at 4e9
+    # meets mlm_100 (-4, -1: t = -1.67); electra_100 at 8e9 is beyond MLM's range: no claim.
     assert [(text.split("(")[1], verdict) for text, verdict, _ in claims] == [
-        ("2.00e+09 FLOPs)", "reproduced"), ("4.00e+09 FLOPs)", "reversed")]
-    assert claims[0][2] == "+11.00 +- 1.41 (2 seeds)"
+        ("2.00e+09 FLOPs)", "reproduced"), ("4.00e+09 FLOPs)", "within the seeds' spread")]
+    assert claims[0][2] == "+11.00 +- 1.41 (2 seeds; t = 11.00, needs 6.31)"
     half = reproduce._interpolate([(1e9, 10.0), (4e9, 40.0)], 2e9)
     assert math.isclose(half, 10.0 + 30.0 * 0.5)  # half way in log FLOPs
 
@@ -200,3 +255,63 @@ def test_smoke_table_runs_and_reports_the_runs_numbers(tmp_path, table):
     n = len([r for r in runs if r.name.startswith("finetune/")])
     out = _reproduce(table, "--report", f"--root={root}", f"--against={committed}").stdout
     assert f"{n} cells compared: {n} identical, largest difference 0.00" in out
+
+
+def test_report_on_hand_written_runs(tmp_path):
+    """Three seeds of T5 Table 4 with hand-set fine-tuning accuracies (one run still pending):
+    the cells, row scores, differences and verdicts are the hand-computed ones."""
+    from configs import common
+    from launch import metrics as metrics_lib
+    from launch import sweep_state
+
+    root = str(tmp_path / "t4")
+    runs = sweep_spec.expand(reproduce.build_sweep("t5_table4", "laptop", n_seeds=3), root)
+    for run in runs:
+        common.write_config(run.resolved, run.local_dir)
+    sweep_state.write_manifest(root, "table_sweep.py", "t5_table4_laptop", "local", runs)
+    accuracy = {"bert": [30, 31, 32], "prefix_lm": [25, 27, 26], "deshuffle": [10, 12, None],
+                "scratch": [20, 20, 21]}
+    for run in runs:
+        if not run.name.startswith("finetune/"):
+            continue
+        row, seed = run.name.split("/")[1].split(",")[:2]
+        value = accuracy[row][int(seed.split("=")[1])]
+        if value is None:
+            continue  # pending: no final step yet
+        os.makedirs(os.path.join(run.workdir, "checkpoints", "600"))
+        with open(os.path.join(run.workdir, metrics_lib.METRICS_FILE), "w") as f:
+            f.write('{"step": 0, "eval/accuracy": 0.0}\n{"step": 300, "eval/accuracy": 99.0}\n'
+                    f'{{"step": 600, "loss": 1.0}}\n{{"step": 600, "eval/accuracy": {value}}}\n')
+    text = reproduce.report(root, "t5_table4")
+    rows = {line.split(" | ")[0][3:-1]: line for line in text.splitlines()
+            if line.startswith("| `")}
+    # "best" selection (T5): the step-300 99.0 wins over every final value
+    assert "| 99.0 +- 0.0 ([99.0](finetune/bert,seed=0,wn_lexname), [99.0]" in rows["bert"]
+    assert "[pending](finetune/deshuffle,seed=2,wn_lexname)" in rows["deshuffle"]
+    claims = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in text.splitlines()
+              if line.startswith("| ") and " beats " in line}
+    # every finished run scored 99.0: all differences are 0 -> within the spread
+    assert set(claims.values()) == {"within the seeds' spread"}, claims
+
+    table = reproduce.TABLES["t5_table4"]
+    reproduce.TABLES["t5_table4"] = dataclasses.replace(table, select="last")
+    try:
+        text = reproduce.report(root, "t5_table4")
+    finally:
+        reproduce.TABLES["t5_table4"] = table
+    rows = {line.split(" | ")[0][3:-1]: line for line in text.splitlines()
+            if line.startswith("| `")}
+    assert "| 31.0 +- 1.0 ([30.0](finetune/bert,seed=0,wn_lexname)" in rows["bert"]
+    assert "| **31.00** +- 1.00 | - |" in rows["bert"]
+    assert "| **26.00** +- 1.00 | -5.00 +- 1.00 | 80.69 | -2.27 |" in rows["prefix_lm"]
+    assert "| **11.00** +- 1.41 | -19.50 +- 0.71 | 73.17 | -9.79 |" in rows["deshuffle"]
+    claims = {line.split(" | ")[0][2:]: line.rstrip(" |").split(" | ")[1:3]
+              for line in text.splitlines() if line.startswith("| ") and " beats " in line}
+    assert claims["BERT-style denoising beats prefix LM"] == [
+        "reproduced", "+5.00 +- 1.00 (3 seeds; t = 8.66, needs 2.92)"]
+    assert claims["BERT-style denoising beats deshuffling"][0] == "reproduced"  # 20, 19: t = 39
+    assert claims["pretraining (deshuffle) beats no pretraining"][0] == "reversed"
+    assert claims["pretraining (bert) beats no pretraining"] == [
+        "reproduced", "+10.67 +- 0.58 (3 seeds; t = 32.00, needs 2.92)"]
+    with pytest.raises(sweep_spec.SweepError, match="not t5_table6"):
+        reproduce.report(root, "t5_table6")
