@@ -9,6 +9,7 @@ float32. Nothing here knows which model family it serves: T5 and ELECTRA differ 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -126,14 +127,8 @@ class DenseGeneral(nn.Module):
             kernel_shape,
             jnp.float32,
         )
-        x_contract = tuple(contract)
-        y = jax.lax.dot_general(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            ((x_contract, tuple(range(n_in))), ((), ())),
-            preferred_element_type=jnp.float32,
-        )
-        # dot_general puts the non-contracted x axes first, then the feature axes.
+        y = _contract(x.astype(self.dtype), kernel.astype(self.dtype), tuple(contract))
+        # the non-contracted x axes first, then the feature axes.
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -143,6 +138,24 @@ class DenseGeneral(nn.Module):
             )
             y = y + bias
         return y.astype(self.dtype)
+
+
+def _contract(x: Array, kernel: Array, contract: tuple[int, ...]) -> Array:
+    """``x`` contracted over its axes ``contract`` with the leading axes of ``kernel``, in
+    float32 accumulation. When the contracted axes are x's trailing ones (every layer here),
+    as ONE 2-D matrix product ``[rows, fan_in] @ [fan_in, fan_out]``: XLA:CPU lowers the
+    weight gradient of a [batch, length, ...] product, contracted over two axes, with a
+    transposed copy of the activations; on the 2-D form it is a plain GEMM (T5 v1.1 small's
+    gated-GELU MLP, forward + backward: 0.48 s -> 0.25 s on a 2-core Sapphire Rapids)."""
+    n_in = len(contract)
+    if contract != tuple(range(x.ndim - n_in, x.ndim)):
+        return jax.lax.dot_general(x, kernel, ((contract, tuple(range(n_in))), ((), ())),
+                                   preferred_element_type=jnp.float32)
+    lead, fan_in = x.shape[:x.ndim - n_in], math.prod(kernel.shape[:n_in])
+    features = kernel.shape[n_in:]
+    y = jnp.dot(x.reshape(-1, fan_in), kernel.reshape(fan_in, -1),
+                preferred_element_type=jnp.float32)
+    return y.reshape(lead + features)
 
 
 def _init_with_axes(init: Initializer, key: Array, shape, dtype, *, in_axis, out_axis) -> Array:
@@ -198,13 +211,10 @@ class Embed(nn.Module):
 
     def attend(self, x: Array) -> Array:
         """``x @ embedding.T`` in float32: logits against the tied vocabulary."""
-        # [batch, length, features] -> [batch, length, num_embeddings]
-        return jnp.einsum(
-            "...d,vd->...v",
-            x.astype(self.dtype),
-            self.embedding.astype(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
+        # [batch, length, features] -> [batch, length, num_embeddings], as one 2-D product
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype),
+                    self.embedding.astype(self.dtype).T, preferred_element_type=jnp.float32)
+        return y.reshape(x.shape[:-1] + (self.num_embeddings,))
 
 
 # ---------------------------------------------------------------------------------------------
