@@ -629,9 +629,10 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             ax.plot(steps, [sum(c[s] for c in curves) / len(curves) for s in steps],
-                    marker="o", label=row.label)
+                    marker="o", label=row.label if row.label != row.name[-len(row.label):]
+                    else row.name)
     ax.set_xlabel("pretraining step")
-    ax.set_ylabel(f"{key} (each row's own objective; mean over seeds)")
+    ax.set_ylabel(f"validation {key.split('/')[1].replace('_', '-')}\n(own objective, seed mean)")
     ax.set_title(f"{table.title}: pretraining")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -641,7 +642,8 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     families = ({"ELECTRA": "electra_", "BERT (MLM)": "mlm_"} if table.compute_curve else
-                {r.label: r.name for r in table.rows})
+                {(r.label if r.label != r.name[-len(r.label):] else r.name): r.name
+                 for r in table.rows})
     for label, prefix in families.items():
         names = [r.name for r in table.rows if (r.name.startswith(prefix) if table.compute_curve
                                                 else r.name == prefix)]
@@ -658,7 +660,8 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
     if SCRATCH in scores:
         mean, _ = _mean_std(list(scores[SCRATCH].values()))
         ax.axhline(mean, color="gray", linestyle="--", label="no pretraining")
-    ax.set_xscale("log")
+    if table.compute_curve:
+        ax.set_xscale("log")
     ax.set_xlabel("pretraining FLOPs (model FLOPs per step x steps)")
     ax.set_ylabel("downstream score (mean over tasks and seeds)")
     ax.set_title(f"{table.title}: downstream")
