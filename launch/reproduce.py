@@ -629,21 +629,14 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             ax.plot(steps, [sum(c[s] for c in curves) / len(curves) for s in steps],
-                    marker="o", label=row.label if row.label != row.name[-len(row.label):]
-                    else row.name)
+                    marker="o", label=_legend_label(row))
     ax.set_xlabel("pretraining step")
     ax.set_ylabel(f"validation {key.split('/')[1].replace('_', '-')}\n(own objective, seed mean)")
-    ax.set_title(f"{table.title}: pretraining")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(root, "pretraining.png"), dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, f"{table.title}: pretraining", os.path.join(root, "pretraining.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     families = ({"ELECTRA": "electra_", "BERT (MLM)": "mlm_"} if table.compute_curve else
-                {(r.label if r.label != r.name[-len(r.label):] else r.name): r.name
-                 for r in table.rows})
+                {_legend_label(r): r.name for r in table.rows})
     for label, prefix in families.items():
         names = [r.name for r in table.rows if (r.name.startswith(prefix) if table.compute_curve
                                                 else r.name == prefix)]
@@ -664,11 +657,22 @@ def _plots(root: str, table: Table, runs: Sequence[Any], scores: dict[str, dict[
         ax.set_xscale("log")
     ax.set_xlabel("pretraining FLOPs (model FLOPs per step x steps)")
     ax.set_ylabel("downstream score (mean over tasks and seeds)")
-    ax.set_title(f"{table.title}: downstream")
+    _finish(fig, ax, f"{table.title}: downstream", os.path.join(root, "downstream.png"))
+
+
+def _legend_label(row: Row) -> str:
+    """The paper's label, or the row name where the label is just its tail ("2" for span2)."""
+    return row.name if row.name.endswith(row.label) else row.label
+
+
+def _finish(fig: Any, ax: Any, title: str, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(root, "downstream.png"), dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
