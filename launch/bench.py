@@ -18,8 +18,11 @@ Reported per side: step time min / median / max over ``--steps`` timed steps aft
 step (``launch/metrics.py``'s convention, the same number for both sides), MFU against the
 matmul peak measured in the same invocation and dtype (XLA's own 2048^2 matmul, and the best
 library: numpy / PyTorch), compile time (pretrax: ``lower`` + ``compile``), peak RSS, and the
-ratio pretrax / peer of median step times. ``t5_compile_depth`` compiles T5 v1.1 small's step
-at 8 and 24 layers per stack with ``scan_layers`` (compile time should not grow with depth).
+ratio pretrax / peer of median step times. pretrax's side runs as ``launch.train`` does, with
+glibc's huge pages for large buffers (``launch/platform.py``); the peer with the allocator's
+defaults, its faster setting (``--peer_huge_pages`` shows the other). ``t5_compile_depth``
+compiles T5 v1.1 small's step at 8 and 24 layers per stack with ``scan_layers`` (compile time
+should not grow with depth).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from launch import platform as pretrax_platform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,11 +285,14 @@ def _child(kind: str, name: str, warmup: int, steps: int) -> None:
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
-def _spawn(kind: str, name: str, warmup: int, steps: int, timeout: float) -> dict[str, Any]:
+def _spawn(kind: str, name: str, warmup: int, steps: int, timeout: float,
+           huge_pages: bool = False) -> dict[str, Any]:
     command = [sys.executable, "-m", "launch.bench", f"--_child={kind}:{name}",
                f"--warmup={warmup}", f"--steps={steps}"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if huge_pages:
+        env = pretrax_platform.huge_pages_env(env) or env
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=repo)
@@ -318,6 +326,13 @@ def cpu_description() -> str:
             f"{' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}")
 
 
+def _allocator(huge_pages: bool) -> str:
+    """How a side's host memory is set up: pretrax's launchers ask glibc for huge pages."""
+    env = pretrax_platform.huge_pages_env() if huge_pages else None
+    tunables = (env or os.environ).get("GLIBC_TUNABLES", "")
+    return f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
+
+
 def _side_summary(result: dict[str, Any], flops: float, tokens: int,
                   peaks: dict[str, float]) -> dict[str, Any]:
     times = result["times"]
@@ -342,7 +357,9 @@ def _fmt(value: Any, pattern: str) -> str:
 def markdown(report: dict[str, Any]) -> str:
     peaks = report["peaks"]
     lines = [f"Measured {report['date']} on {report['cpu']}; {report['steps']} timed steps "
-             f"after {report['warmup']} warm-up (each side in its own process).", "",
+             f"after {report['warmup']} warm-up (each side in its own process). Host "
+             f"allocator: pretrax {report['allocator']['pretrax']}, peer "
+             f"{report['allocator']['peer']}.", "",
              "Matmul peak (2048^2), GFLOP/s: " + ", ".join(
                  f"{k.replace('_', ' ')} {v / 1e9:.0f}" for k, v in peaks.items()), "",
              "| case | side | step s (min / median / max) | tokens/s | GFLOP/s | MFU vs XLA / "
@@ -381,6 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no_peer", action="store_true", help="pretrax only")
+    parser.add_argument("--peer_huge_pages", action="store_true",
+                        help="run the peer under pretrax's huge-page allocator setting too "
+                             "(launch/platform.py; slower for PyTorch on the machines measured)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per side")
     parser.add_argument("--out", default="", help="folder for bench.json and bench.md")
     parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
@@ -395,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown case(s) {unknown}; known: {[*CASES, 't5_compile_depth', 'data']}")
     report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_description(),
-        "steps": args.steps, "warmup": args.warmup, "cases": {}}
+        "steps": args.steps, "warmup": args.warmup, "cases": {},
+        "allocator": {"pretrax": _allocator(True), "peer": _allocator(args.peer_huge_pages)}}
     print(f"CPU: {report['cpu']}", flush=True)
     report["peaks"] = peaks = _spawn("peaks", "", 0, 0, args.timeout)
     print("matmul peaks GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()
@@ -404,18 +425,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "data":
             continue
         if name == "t5_compile_depth":
-            report["cases"][name] = _spawn("depth", "", 0, 0, args.timeout)
+            report["cases"][name] = _spawn("depth", "", 0, 0, args.timeout, huge_pages=True)
             print(f"{name}: {report['cases'][name]}", flush=True)
             continue
         case, entry = CASES[name], {}
-        ours = _spawn("pretrax", name, args.warmup, args.steps, args.timeout)
+        ours = _spawn("pretrax", name, args.warmup, args.steps, args.timeout, huge_pages=True)
         if "error" in ours:
             entry["pretrax"] = ours
         else:
             flops, tokens = ours["flops_per_step"], ours["tokens_per_step"]
             entry["pretrax"] = _side_summary(ours, flops, tokens, peaks)
         if case.peer and not args.no_peer and "error" not in ours:
-            theirs = _spawn("peer", name, args.warmup, args.steps, args.timeout)
+            theirs = _spawn("peer", name, args.warmup, args.steps, args.timeout,
+                            huge_pages=args.peer_huge_pages)
             if "error" in theirs:
                 entry["peer"] = theirs
             else:

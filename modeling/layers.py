@@ -386,6 +386,30 @@ class RelativePositionBias(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Attention and MLP.
 # ---------------------------------------------------------------------------------------------
+@jax.custom_vjp
+def softmax(logits: Array) -> Array:
+    """Softmax over the last axis whose gradient keeps only the probabilities.
+
+    ``jax.nn.softmax`` differentiates ``exp(x - max) / sum`` by the quotient rule, which keeps
+    the unnormalised exponentials and a broadcast reciprocal alive for the backward pass (three
+    ``[batch, heads, q, k]`` arrays read per attention layer); the closed form ``p * (g - sum(p
+    * g))`` reads two.
+    """
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _softmax_fwd(logits: Array) -> tuple[Array, Array]:
+    probs = jax.nn.softmax(logits, axis=-1)
+    return probs, probs
+
+
+def _softmax_bwd(probs: Array, grad: Array) -> tuple[Array]:
+    return (probs * (grad - jnp.sum(probs * grad, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 class Attention(nn.Module):
     """Multi-head dot-product attention with an additive bias and an optional decode cache.
 
@@ -441,7 +465,7 @@ class Attention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias
-        weights = jax.nn.softmax(logits, axis=-1)
+        weights = softmax(logits)
         if not deterministic and self.dropout_rate > 0.0:
             weights = Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
                 weights, deterministic=False

@@ -174,3 +174,23 @@ def test_dropout_keeps_the_quantised_rate_unbiased_and_sharding_invariant():
     np.testing.assert_array_equal(np.asarray(fn(jax.random.key(3))),
                                   np.asarray(jax.jit(lambda key: layers.dropout_mask(
                                       key, 0.1, (64, 256)))(jax.random.key(3))))
+
+
+def test_softmax_gradient_matches_the_quotient_rule():
+    """``layers.softmax``'s closed-form backward against autodiff of jax.nn.softmax, including
+    rows that the attention mask covers entirely (all logits at MASK_VALUE)."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 3, 5, 7)).astype(np.float32) * 4
+    logits[0, 1, 2, :] = layers.MASK_VALUE  # a fully masked query row
+    logits[1, 0, :, 3:] += layers.MASK_VALUE  # masked keys
+    cotangent = rng.standard_normal(logits.shape).astype(np.float32)
+
+    def loss(fn):
+        return lambda x: jnp.sum(fn(x) * cotangent)
+
+    ours = jax.grad(loss(layers.softmax))(jnp.asarray(logits))
+    reference = jax.grad(loss(lambda x: jax.nn.softmax(x, axis=-1)))(jnp.asarray(logits))
+    np.testing.assert_array_equal(layers.softmax(logits), jax.nn.softmax(logits, axis=-1))
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    # Each row's gradient sums to zero (the softmax is shift-invariant).
+    np.testing.assert_allclose(np.sum(np.asarray(ours), -1), 0.0, atol=1e-5)
