@@ -19,8 +19,8 @@ step (``launch/metrics.py``'s convention, the same number for both sides), MFU a
 matmul peak measured in the same invocation and dtype (XLA's own 2048^2 matmul, and the best
 library: numpy / PyTorch), compile time (pretrax: ``lower`` + ``compile``), peak RSS, and the
 ratio pretrax / peer of median step times. pretrax's side runs as ``launch.train`` does, with
-glibc's huge pages for large buffers (``launch/platform.py``); the peer with the allocator's
-defaults, its faster setting (``--peer_huge_pages`` shows the other). ``t5_compile_depth``
+glibc's allocator tuned to keep step buffers mapped (``launch/platform.py``); the peer with
+glibc's defaults unless ``--peer_host_allocator``. ``t5_compile_depth``
 compiles T5 v1.1 small's step at 8 and 24 layers per stack with ``scan_layers`` (compile time
 should not grow with depth).
 """
@@ -286,13 +286,13 @@ def _child(kind: str, name: str, warmup: int, steps: int) -> None:
 
 
 def _spawn(kind: str, name: str, warmup: int, steps: int, timeout: float,
-           huge_pages: bool = False) -> dict[str, Any]:
+           host_allocator: bool = False) -> dict[str, Any]:
     command = [sys.executable, "-m", "launch.bench", f"--_child={kind}:{name}",
                f"--warmup={warmup}", f"--steps={steps}"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if huge_pages:
-        env = pretrax_platform.huge_pages_env(env) or env
+    if host_allocator:
+        env = pretrax_platform.host_allocator_env(env) or env
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=repo)
@@ -326,9 +326,9 @@ def cpu_description() -> str:
             f"{' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}")
 
 
-def _allocator(huge_pages: bool) -> str:
-    """How a side's host memory is set up: pretrax's launchers ask glibc for huge pages."""
-    env = pretrax_platform.huge_pages_env() if huge_pages else None
+def _allocator(tuned: bool) -> str:
+    """How a side's host memory is set up: pretrax's launchers tune glibc's malloc."""
+    env = pretrax_platform.host_allocator_env() if tuned else None
     tunables = (env or os.environ).get("GLIBC_TUNABLES", "")
     return f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
 
@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no_peer", action="store_true", help="pretrax only")
-    parser.add_argument("--peer_huge_pages", action="store_true",
-                        help="run the peer under pretrax's huge-page allocator setting too "
-                             "(launch/platform.py; slower for PyTorch on the machines measured)")
+    parser.add_argument("--peer_host_allocator", action="store_true",
+                        help="run the peer under pretrax's host allocator setting too "
+                             "(launch/platform.py)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per side")
     parser.add_argument("--out", default="", help="folder for bench.json and bench.md")
     parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_description(),
         "steps": args.steps, "warmup": args.warmup, "cases": {},
-        "allocator": {"pretrax": _allocator(True), "peer": _allocator(args.peer_huge_pages)}}
+        "allocator": {"pretrax": _allocator(True), "peer": _allocator(args.peer_host_allocator)}}
     print(f"CPU: {report['cpu']}", flush=True)
     report["peaks"] = peaks = _spawn("peaks", "", 0, 0, args.timeout)
     print("matmul peaks GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()
@@ -425,11 +425,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "data":
             continue
         if name == "t5_compile_depth":
-            report["cases"][name] = _spawn("depth", "", 0, 0, args.timeout, huge_pages=True)
+            report["cases"][name] = _spawn("depth", "", 0, 0, args.timeout, host_allocator=True)
             print(f"{name}: {report['cases'][name]}", flush=True)
             continue
         case, entry = CASES[name], {}
-        ours = _spawn("pretrax", name, args.warmup, args.steps, args.timeout, huge_pages=True)
+        ours = _spawn("pretrax", name, args.warmup, args.steps, args.timeout, host_allocator=True)
         if "error" in ours:
             entry["pretrax"] = ours
         else:
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             entry["pretrax"] = _side_summary(ours, flops, tokens, peaks)
         if case.peer and not args.no_peer and "error" not in ours:
             theirs = _spawn("peer", name, args.warmup, args.steps, args.timeout,
-                            huge_pages=args.peer_huge_pages)
+                            host_allocator=args.peer_host_allocator)
             if "error" in theirs:
                 entry["peer"] = theirs
             else:

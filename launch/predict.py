@@ -67,6 +67,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from launch import platform
 
-    platform.reexec_with_huge_pages()  # before JAX starts: see its docstring
+    platform.reexec_with_host_allocator()  # before JAX starts: see its docstring
     define_flags(evaluation.load_config(evaluation.workdir_from_argv(sys.argv)))
     app.run(lambda argv: sys.exit(main(argv)))

@@ -128,7 +128,7 @@ def _print_summary(summary: dict) -> None:
 if __name__ == "__main__":
     from launch import platform
 
-    platform.reexec_with_huge_pages()  # before JAX starts: see its docstring
+    platform.reexec_with_host_allocator()  # before JAX starts: see its docstring
     try:
         common.check_renamed(sys.argv[1:])
     except ValueError as error:
