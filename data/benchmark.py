@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
 
         vocab_size = spm.SentencePieceProcessor(
             model_file=bundled.VOCAB_PATH).get_piece_size() + bundled.EXTRA_IDS
-        t5 = examples_lib.T5Examples(corpus, "span_corruption", 512, vocab_size, seed=0)
+        t5 = examples_lib.T5Examples(corpus, examples_lib.SPAN_CORRUPTION, 512, vocab_size,
+                                     seed=0)
         ours = _rate(lambda: _fast_iter(t5, args.batch, True, 0), args.examples,
                      args.repeats, warmup=args.batch)
         print(f"  pretrax fast path, in-process : {_fmt(ours)}")

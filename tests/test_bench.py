@@ -27,3 +27,15 @@ def test_bench_smoke_writes_both_sides_and_the_ratio(tmp_path):
                    / report["peaks"]["xla_float32"]) < 1e-9
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny_t5 | pretrax |" in table and "| tiny_electra | peer |" in table
+
+
+def test_data_benchmark_runs_both_pipelines():
+    """`python -m data.benchmark` (the README's input-speed numbers) on a short budget."""
+    result = subprocess.run(
+        [sys.executable, "-m", "data.benchmark", "--examples=200", "--repeats=1",
+         "--skip_reference"],
+        cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = [float(line.split("median")[1].split("ex/s")[0]) for line in
+             result.stdout.splitlines() if "pretrax fast path" in line]
+    assert len(rates) == 4 and min(rates) > 100, result.stdout
