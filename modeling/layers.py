@@ -386,28 +386,24 @@ class RelativePositionBias(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Attention and MLP.
 # ---------------------------------------------------------------------------------------------
-@jax.custom_vjp
+@jax.custom_jvp
 def softmax(logits: Array) -> Array:
-    """Softmax over the last axis whose gradient keeps only the probabilities.
+    """Softmax over the last axis whose derivative keeps only the probabilities.
 
     ``jax.nn.softmax`` differentiates ``exp(x - max) / sum`` by the quotient rule, which keeps
     the unnormalised exponentials and a broadcast reciprocal alive for the backward pass (three
-    ``[batch, heads, q, k]`` arrays read per attention layer); the closed form ``p * (g - sum(p
-    * g))`` reads two.
+    ``[batch, heads, q, k]`` arrays read per attention layer); the closed form ``p * (t - sum(p
+    * t))`` reads two. A JVP rule rather than a VJP one, so rematerialisation (``jax.checkpoint``)
+    sees an ordinary linear function and recomputes it like any other.
     """
     return jax.nn.softmax(logits, axis=-1)
 
 
-def _softmax_fwd(logits: Array) -> tuple[Array, Array]:
-    probs = jax.nn.softmax(logits, axis=-1)
-    return probs, probs
-
-
-def _softmax_bwd(probs: Array, grad: Array) -> tuple[Array]:
-    return (probs * (grad - jnp.sum(probs * grad, axis=-1, keepdims=True)),)
-
-
-softmax.defvjp(_softmax_fwd, _softmax_bwd)
+@softmax.defjvp
+def _softmax_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    probs = softmax(primals[0])
+    tangent = tangents[0]
+    return probs, probs * (tangent - jnp.sum(probs * tangent, axis=-1, keepdims=True))
 
 
 class Attention(nn.Module):
