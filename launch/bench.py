@@ -290,9 +290,8 @@ def _spawn(kind: str, name: str, warmup: int, steps: int, timeout: float,
     command = [sys.executable, "-m", "launch.bench", f"--_child={kind}:{name}",
                f"--warmup={warmup}", f"--steps={steps}"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if host_allocator:
-        env = pretrax_platform.host_allocator_env(env) or env
+    env = _side_env(host_allocator)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=repo)
@@ -326,10 +325,14 @@ def cpu_description() -> str:
             f"{' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}")
 
 
-def _allocator(tuned: bool) -> str:
-    """How a side's host memory is set up: pretrax's launchers tune glibc's malloc."""
-    env = pretrax_platform.host_allocator_env() if tuned else None
-    tunables = (env or os.environ).get("GLIBC_TUNABLES", "")
+def _side_env(host_allocator: bool) -> dict[str, str]:
+    """A side's environment: pretrax's launchers tune glibc's malloc (launch/platform.py)."""
+    env = dict(os.environ)
+    return (pretrax_platform.host_allocator_env(env) or env) if host_allocator else env
+
+
+def _allocator(host_allocator: bool) -> str:
+    tunables = _side_env(host_allocator).get("GLIBC_TUNABLES", "")
     return f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
 
 
