@@ -69,6 +69,7 @@ def electra_core(**fields: Any) -> TransformerConfig:
         norm="layer", norm_eps=1e-12, prenorm=False, use_bias=True, position="absolute",
         mlp="gelu", scale_attention=True, init="bert", init_range=0.02, max_positions=512,
         type_vocab_size=2, dropout_rate=0.1, vocab_size=30522, num_decoder_layers=0,
+        mlp_hidden_dropout=False,
     )
     base.update(fields)
     return TransformerConfig(**base)

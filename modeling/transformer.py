@@ -66,6 +66,9 @@ class TransformerConfig:
     init_range: float = 0.02  # stddev of the "bert" initialiser
     dropout_rate: float = 0.0
     dropout_broadcast_dims: tuple[int, ...] = ()
+    # Dropout on the MLP's hidden activations too: T5 (T5.md) drops them; BERT/ELECTRA only drop
+    # after the output projection (their "intermediate" layer has no dropout).
+    mlp_hidden_dropout: bool = True
     dtype: str = "float32"  # compute dtype for matmul inputs; params stay float32
     scan_layers: bool = False
     remat_policy: str = "none"
@@ -182,7 +185,7 @@ class Block(nn.Module):
             act={"relu": "relu", "gated-gelu": "gelu_tanh", "gelu": "gelu"}[cfg.mlp],
             gated=cfg.mlp == "gated-gelu",
             use_bias=cfg.use_bias,
-            dropout_rate=cfg.dropout_rate,
+            dropout_rate=cfg.dropout_rate if cfg.mlp_hidden_dropout else 0.0,
             dropout_broadcast_dims=cfg.dropout_broadcast_dims,
             dtype=dtype,
             kernel_init=cfg.mlp_init(),
