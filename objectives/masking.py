@@ -11,6 +11,8 @@ Everything here is jittable; randomness comes only from the explicit ``key`` arg
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -138,9 +140,14 @@ def sample_replacements(
 ) -> jax.Array:
     """Gumbel-max samples [B, N] int32 from generator logits [B, N, V], with no gradient.
 
-    ``argmax(logits / temperature + gumbel)`` in float32. ``uniform=True`` ignores the logits and
-    samples uniformly over the vocabulary (the paper's uniform-generator ablation).
-    ``disallow_correct=True`` removes ``original_ids`` [B, N] from the support first.
+    ``argmax(logits / temperature + gumbel)`` in float32, drawn in two exact stages: the
+    vocabulary is cut into ~sqrt(V) blocks; a Gumbel-max over the blocks' logsumexps picks a
+    block (with probability its share of the softmax mass), a Gumbel-max inside it picks the
+    token. Same distribution as one Gumbel per token, with ~2 sqrt(V) random numbers per slot
+    instead of V (threefry bits for [slots, V] were ~10% of an ELECTRA small++ step on CPU).
+    ``uniform=True`` ignores the logits and samples uniformly over the vocabulary (the paper's
+    uniform-generator ablation). ``disallow_correct=True`` removes ``original_ids`` [B, N] from
+    the support first.
     """
     if temperature <= 0:
         raise ValueError(f"masking.sample_replacements: temperature={temperature}, expected > 0")
@@ -161,9 +168,21 @@ def sample_replacements(
         # [batch, slots] -> [batch, slots, vocab]
         is_original = jax.nn.one_hot(original_ids, vocab_size, dtype=jnp.bool_)
         logits = jnp.where(is_original, -jnp.inf, logits)
-    gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
-    # [batch, slots, vocab] -> [batch, slots]
-    return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
+    block = max(1, math.isqrt(vocab_size - 1) + 1)  # ceil(sqrt(V))
+    num_blocks = -(-vocab_size // block)
+    lead = logits.shape[:-1]
+    # [batch, slots, vocab] -> [batch, slots, blocks, block]; padding can never be drawn
+    padded = jnp.pad(logits, [(0, 0)] * len(lead) + [(0, num_blocks * block - vocab_size)],
+                     constant_values=-jnp.inf).reshape(lead + (num_blocks, block))
+    block_key, token_key = jax.random.split(key)
+    # [batch, slots, blocks]: each block's share of the mass, in log space
+    block_logits = jax.nn.logsumexp(padded, axis=-1)
+    # [batch, slots]
+    chosen = jnp.argmax(block_logits + jax.random.gumbel(block_key, block_logits.shape), axis=-1)
+    # [batch, slots, block]
+    within = jnp.take_along_axis(padded, chosen[..., None, None], axis=-2)[..., 0, :]
+    offset = jnp.argmax(within + jax.random.gumbel(token_key, within.shape), axis=-1)
+    return (chosen * block + offset).astype(jnp.int32)
 
 
 def corrupt(

@@ -265,6 +265,26 @@ def test_gumbel_max_matches_softmax(temperature, p_one):
     assert abs(float(jnp.mean(got == 1)) - p_one) < _five_sigma(p_one, 20000)
 
 
+@pytest.mark.parametrize("vocab", [37, 64])  # 7 blocks of 6 with 5 padding slots; 8 of 8
+def test_two_stage_sampling_matches_softmax_over_many_blocks(vocab):
+    rng = np.random.default_rng(vocab)
+    row = rng.normal(size=vocab) * 1.5
+    row[5:11] = -np.inf  # a whole block (or most of one) removed from the support
+    n = (400, 100)
+    original = jnp.full(n, 20, jnp.int32)
+    got = np.asarray(masking.sample_replacements(
+        _key(8), jnp.tile(jnp.asarray(row, jnp.float32), n + (1,)), temperature=2.0,
+        disallow_correct=True, original_ids=original))
+    allowed = np.isfinite(row) & (np.arange(vocab) != 20)
+    want = np.where(allowed, np.exp(row / 2.0 - np.max(row[allowed] / 2.0)), 0.0)
+    want /= want.sum()
+    counts = np.bincount(got.ravel(), minlength=vocab)
+    assert counts.shape == (vocab,) and counts[~allowed].sum() == 0
+    for token in np.flatnonzero(allowed):
+        p = want[token]
+        assert abs(counts[token] / got.size - p) < _five_sigma(p, got.size), token
+
+
 def test_disallow_correct_and_uniform():
     n = (200, 100)
     original = jnp.zeros(n, jnp.int32)
