@@ -12,7 +12,6 @@ Everything here is jittable; randomness comes only from the explicit ``key`` arg
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from typing import NamedTuple
 
