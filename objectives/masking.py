@@ -167,7 +167,7 @@ def sample_replacements(
         # [batch, slots] -> [batch, slots, vocab]
         is_original = jax.nn.one_hot(original_ids, vocab_size, dtype=jnp.bool_)
         logits = jnp.where(is_original, -jnp.inf, logits)
-    block = max(1, math.isqrt(vocab_size - 1) + 1)  # ceil(sqrt(V))
+    block = math.isqrt(vocab_size - 1) + 1  # ceil(sqrt(V))
     num_blocks = -(-vocab_size // block)
     lead = logits.shape[:-1]
     # [batch, slots, vocab] -> [batch, slots, blocks, block]; padding can never be drawn
