@@ -199,6 +199,15 @@ PAPER_SETTINGS = {
               "slurm.time": "7-00:00:00"},
     "local": {},
 }
+# ... and of their fine-tuning runs (batch 32-128: one node, not the pretraining's two).
+PAPER_FINETUNE_SETTINGS = {"slurm": {"slurm.nodes": 1, "slurm.time": "2-00:00:00"}}
+# Paper scale computes in bfloat16 (parameters, norms, softmax statistics, logits and losses
+# stay float32), as T5 and ELECTRA ran on TPUs (shared/reference/T5.md, "Init").
+_BF16 = {"config.model.dtype": "bfloat16"}
+# The ELECTRA paper's GLUE metrics (Sec. 3.1): Spearman for STS-B, Matthews for CoLA, accuracy
+# for the rest; where a task's main metric (T5's) differs, the ELECTRA tables score this one.
+ELECTRA_METRICS = {"glue_mrpc_v002": "accuracy", "glue_qqp_v002": "accuracy",
+                   "glue_stsb_v002": "spearman_corrcoef"}
 
 
 def scale_of(family: str, scale: str, smoke: bool) -> Scale:
@@ -244,18 +253,21 @@ def scale_of(family: str, scale: str, smoke: bool) -> Scale:
     if family == "t5":
         # The T5 paper's study baseline: a BERT-Base-sized encoder-decoder, 2^19 steps of
         # 128 x 512 tokens on C4; fine-tuned 2^18 steps, constant LR 1e-3, the best validation
-        # checkpoint (every 5,000 steps) reported.
+        # checkpoint (every 5,000 steps) reported. Pretraining without dropout, fine-tuning
+        # with 0.1 (shared/reference/T5.md; the v1.0 study pretrained with 0.1:
+        # --set config.model.dropout_rate=0.1).
         vocab = {"config.data.vocab_path": T5_VOCABULARY}
         return Scale("configs/t5.py:t5_base",
-                     {"config.data.source": "seqio", "config.model.dropout_rate": 0.1, **vocab},
+                     {"config.data.source": "seqio", "config.model.dropout_rate": 0.0,
+                      **vocab, **_BF16},
                      2**19, "configs/finetune.py:t5",
                      {"config.model.preset": "t5_base", "config.train.eval_every": 5000,
-                      "config.checkpoint.every": 5000, **vocab},
+                      "config.checkpoint.every": 5000, **vocab, **_BF16},
                      _GLUE, 3)
     # ELECTRA-Base with its recipe (configs/electra.py:electra_base); GLUE with the paper's
     # fine-tuning recipe (configs/finetune.py:electra_base), final checkpoint.
-    return Scale("configs/electra.py:electra_base", {"config.data.source": "files"}, None,
-                 "configs/finetune.py:electra_base", {}, _GLUE, 3,
+    return Scale("configs/electra.py:electra_base", {"config.data.source": "files", **_BF16},
+                 None, "configs/finetune.py:electra_base", dict(_BF16), _GLUE, 3,
                  per_task={t: {"config.train.epochs": 10.0}
                            for t in ("glue_rte_v002", "glue_stsb_v002")})
 
@@ -269,8 +281,8 @@ def _with(spec: str, overrides: Mapping[str, Any], where: str) -> Any:
     return config
 
 
-def _pretrain_overrides(table: Table, row: Row, base: Any, paper: bool, text_files: str
-                        ) -> dict[str, Any]:
+def _pretrain_overrides(table: Table, row: Row, base: Any, paper: bool,
+                        text: Mapping[str, Any]) -> dict[str, Any]:
     """The row's config keys: its objective and parameters, its steps (the base config's, x
     the row's fraction), and for T5 the decoder length its objective needs at the base's
     encoder length (and at paper scale the C4 task that applies it). ``base``: the scale's
@@ -294,7 +306,7 @@ def _pretrain_overrides(table: Table, row: Row, base: Any, paper: bool, text_fil
 
             overrides["config.data.task"] = tasks.c4_task_name(objective, params, register=False)
     elif paper:
-        overrides["config.data.train_files"] = text_files
+        overrides.update(text)
     return overrides
 
 
@@ -303,7 +315,8 @@ FINETUNE_PREFIX = "finetune."  # --set finetune.config.KEY=VALUE: the fine-tunin
 
 def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
                 smoke: bool = False, backend: str = "local", text_files: str = "",
-                settings: Mapping[str, Any] | None = None) -> Sweep:
+                settings: Mapping[str, Any] | None = None, validation_files: str = "",
+                vocab: str = "") -> Sweep:
     """The sweep that re-runs ``table_name`` at ``scale_name`` (see the module docstring).
 
     ``settings``: sweep-wide ``config.*`` (pretraining), ``finetune.config.*`` (fine-tuning),
@@ -316,10 +329,27 @@ def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
         raise SweepError("--smoke runs the laptop table with tiny models; drop --scale=paper")
     table = TABLES[table_name]
     paper = scale_name == "paper"
-    if paper and table.family == "electra" and not text_files:
+    electra_paper = paper and table.family == "electra"
+    if electra_paper and not text_files:
         raise SweepError(f"{table_name} at --scale=paper pretrains on your text: pass "
                          "--text_files=GLOB (the paper used Wikipedia + BooksCorpus, one "
                          "document per line or blank-line separated)")
+    if electra_paper and not validation_files:
+        raise SweepError(f"{table_name} at --scale=paper evaluates pretraining on held-out "
+                         "text: pass --validation_files=GLOB (a few MB of the same kind of "
+                         "text, not in --text_files)")
+    if electra_paper and not vocab:
+        raise SweepError(
+            f"{table_name} at --scale=paper needs a vocabulary made for your text (the "
+            "bundled one has 8,192 pieces fitted to the laptop corpus): pass --vocab=PATH, a "
+            "sentencepiece model with [CLS] [SEP] [MASK], e.g. from python -m data.vocab "
+            "--input=GLOB --output_prefix=DIR/spm --vocab_size=30522")
+    if not electra_paper and (validation_files or vocab):
+        raise SweepError("--validation_files and --vocab are for the ELECTRA tables at "
+                         "--scale=paper (the T5 tables read C4 and T5's vocabulary)")
+    text = {"config.data.train_files": text_files,
+            "config.data.validation_files": validation_files,
+            "config.data.vocab_path": vocab} if electra_paper else {}
     scale = scale_of(table.family, scale_name, smoke)
     n = scale.seeds if n_seeds is None else n_seeds
     if n < 1:
@@ -332,12 +362,14 @@ def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
     fixed = {**scale.pretrain_fixed, **steps, **(PAPER_SETTINGS[backend] if paper else {}),
              **shared}
     base = _with(scale.pretrain, fixed, "--set")
-    rows = named({row.name: _pretrain_overrides(table, row, base, paper, text_files)
+    rows = named({row.name: _pretrain_overrides(table, row, base, paper, text)
                   for row in table.rows})
     tasks = named({task: {"config.data.task": task, **scale.per_task.get(task, {})}
                    for task in scale.tasks})
     finetune_fixed = {**scale.finetune_fixed, **{k: v for k, v in fixed.items()
-                                                 if not k.startswith("config.")}, **tuning}
+                                                 if not k.startswith("config.")},
+                      **(PAPER_FINETUNE_SETTINGS.get(backend, {}) if paper else {}),
+                      **({"config.data.vocab_path": vocab} if electra_paper else {}), **tuning}
     return Sweep(
         name=f"{table_name}_{'smoke' if smoke else scale_name}", config=scale.pretrain,
         fixed=fixed, axes=product(rows, seeds(n)),
@@ -358,9 +390,13 @@ class Cell:
     run: str  # its folder, relative to the root
 
 
-def _metric_name(task: str) -> str:
+def _metric_name(task: str, family: str) -> str:
+    """The metric a table scores ``task`` by: the task's main metric (T5's), except where the
+    ELECTRA paper reports another (``ELECTRA_METRICS``)."""
     from data import finetune
 
+    if family == "electra" and task in ELECTRA_METRICS:
+        return ELECTRA_METRICS[task]
     return finetune.get(task).metric
 
 
@@ -390,8 +426,8 @@ def cells(root: str, table: Table) -> list[Cell]:
         parts = _parse_name(run.name)
         value = None
         if sweep_state.is_done(run):
-            value = _score(metrics_lib.read_metrics(run.workdir), _metric_name(parts["task"]),
-                           table.select)
+            value = _score(metrics_lib.read_metrics(run.workdir),
+                           _metric_name(parts["task"], table.family), table.select)
         out.append(Cell(parts["row"], parts["task"], int(parts["seed"]), value,
                         os.path.relpath(run.local_dir, root)))
     return out
@@ -490,6 +526,9 @@ def _flops(root: str, runs: Sequence[Any]) -> dict[str, float]:
         if row in out:
             continue
         config = common.read_config(os.path.join(run.local_dir, "config.json"))
+        # FLOPs depend on the shapes only: count them with the bundled vocabulary, so that a
+        # report needs neither the run's (gs://, or on the cluster) nor a network.
+        config.data.vocab_path = ""
         out[row] = registry.build(config).flops_per_step * config.train.steps
     return out
 
@@ -540,14 +579,20 @@ def report(root: str, table_name: str) -> str:
     if not manifest["name"].startswith(table_name + "_"):
         raise SweepError(f"{root} holds the sweep {manifest['name']!r}, not {table_name}")
     found = cells(root, table)
+    unseen = [run.workdir for run in runs if not os.path.isdir(run.workdir)]
+    if unseen and len(unseen) == len(runs):
+        print(f"note: no run folder is on this machine (e.g. {unseen[0]}): a TPU or cluster "
+              "sweep's runs write where its workers mount them; mount that place here at the "
+              "same path (tpu.workdir_root) to read their metrics", file=sys.stderr)
     scores = row_scores(found)
     flops = _flops(root, runs)
     tasks = sorted({c.task for c in found})
     base = scores.get(table.baseline, {})
+    metrics = ", ".join(f"{t} {_metric_name(t, table.family)}" for t in tasks)
     lines = [f"# {table.title}", "",
              f"Sweep `{manifest['name']}` under `{root}`; "
              f"{'best' if table.select == 'best' else 'final'} validation score of each "
-             f"fine-tuning run (metric: {', '.join(f'{t} {_metric_name(t)}' for t in tasks)}); "
+             f"fine-tuning run (metric: {metrics}); "
              "mean +- std over pretraining seeds, each seed's value linked to its run.", ""]
     header = ["row", "paper row", *tasks, "score (mean over tasks)",
               f"vs {table.baseline}", f"paper ({table.paper_column})", "paper vs baseline",
@@ -778,6 +823,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="the sweep's directory (default tables/TABLE_SCALE)")
     parser.add_argument("--text_files", default="",
                         help="ELECTRA at paper scale: the pretraining text (a glob)")
+    parser.add_argument("--validation_files", default="",
+                        help="ELECTRA at paper scale: held-out text for pretraining's "
+                             "validation (a glob)")
+    parser.add_argument("--vocab", default="",
+                        help="ELECTRA at paper scale: the sentencepiece model made for the text")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a sweep-wide override or setting (config.*, slurm.*, tpu.*, "
                              "env.*), e.g. --set tpu.project=my-project")
@@ -807,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     call = dict(table_name=args.table, scale_name=args.scale, n_seeds=args.seeds,
                 smoke=args.smoke, backend=args.backend, text_files=args.text_files,
                 settings=settings)
+    if args.validation_files or args.vocab:
+        call.update(validation_files=args.validation_files, vocab=args.vocab)
     # Fails here, before anything is written, on a bad table, key or value.
     sweep_spec.expand(build_sweep(**call), root, "launch.reproduce")
     if (args.seeds or 2) < 2:

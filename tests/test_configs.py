@@ -7,6 +7,7 @@ import pytest
 
 from configs import common
 from configs import electra as electra_configs
+from configs import finetune as finetune_configs
 from configs import t5 as t5_configs
 from launch import mesh as mesh_lib
 from launch import optim
@@ -68,6 +69,10 @@ def test_published_recipes():
             e.optimizer.clip_norm) == (1e-6, False, 0.01, 1.0)
     assert (e.objective.gen_weight, e.objective.disc_weight) == (1.0, 50.0)
     assert electra_configs.get_config("electra_large").objective.mask_prob == 0.25
+    # ELECTRA's fine-tuning reuses its pretraining optimizer: no bias correction either.
+    f = finetune_configs.get_config("electra_base")
+    assert (f.optimizer.eps, f.optimizer.bias_correction, f.optimizer.weight_decay,
+            f.optimizer.learning_rate, f.data.batch_size) == (1e-6, False, 0.01, 1e-4, 32)
 
 
 def test_tiny_t5_targets_length_matches_span_corruption():

@@ -106,6 +106,12 @@ def test_compute_curve_rows_are_step_budgets(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["no_such_table"], "invalid choice"),
     (["electra_table5", "--scale=paper", "--dry_run"], "--text_files=GLOB"),
+    (["electra_table5", "--scale=paper", "--dry_run", "--text_files=/w/*.txt"],
+     "--validation_files=GLOB"),
+    (["electra_table5", "--scale=paper", "--dry_run", "--text_files=/w/*.txt",
+      "--validation_files=/v/*.txt"], "--vocab=PATH"),
+    (["t5_table4", "--scale=paper", "--dry_run", "--vocab=/v/spm.model"],
+     "are for the ELECTRA tables"),
     (["t5_table4", "--scale=paper", "--smoke"], "drop --scale=paper"),
     (["t5_table4", "--set", "config.train.no_such_key=1", "--dry_run"],
      "config.train.no_such_key does not exist"),
@@ -136,21 +142,42 @@ def test_paper_scale_t5_table_on_slurm(tmp_path):
     assert "glue_rte_v002" in out and "--config.model.preset=t5_base" in out
     pretrain = out.split("\nfinetune/")[0]
     assert pretrain.count("--config.train.steps=524288") == 12  # 2^19 steps of 128 x 512
-    # T5 1.0's dropout 0.1 in pretraining, and the paper's 32k C4 vocabulary for both stages
-    assert pretrain.count("--config.model.dropout_rate=0.1") == 12
+    # No dropout in pretraining (shared/reference/T5.md), the paper's 32k C4 vocabulary and
+    # bfloat16 compute in both stages; fine-tuning on one node
+    assert pretrain.count("--config.model.dropout_rate=0.0") == 12
     assert out.count("--config.data.vocab_path=gs://t5-data/vocabs/cc_all.32000/"
                      "sentencepiece.model") == 132
+    assert out.count("--config.model.dtype=bfloat16") == 132
+    finetune = out[len(pretrain):]
+    assert "#SBATCH --nodes=1" in finetune and "#SBATCH --nodes=2" not in finetune
 
 
 def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
     out = _reproduce("electra_table5", "--scale=paper", "--backend=tpu_vm", "--dry_run",
                      "--text_files=/mnt/gcs/wikibooks/*.txt", "--seeds=1",
+                     "--validation_files=/mnt/gcs/wikibooks/heldout/*.txt",
+                     "--vocab=/mnt/gcs/wikibooks/spm.model",
                      "--set", "tpu.project=my-lab", "--git_url=https://example.org/pretrax.git",
                      "--git_ref=0123abc", f"--root={tmp_path}/e5").stdout
     assert "configs/electra.py:electra_base" in out
     assert "--config.data.train_files=/mnt/gcs/wikibooks/*.txt" in out
     assert "gcloud" in out and "--project=my-lab" in out and "v4-32" in out
     assert "configs/finetune.py:electra_base" in out and "glue_mnli_v002" in out
+    # 5 rows x 1 seed pretrained, (5 rows + scratch) x 8 GLUE tasks fine-tuned: every run reads
+    # the vocabulary made for the text; pretraining validates on the held-out files (each run
+    # prints its overrides twice: its config line and its line in the slice script)
+    assert out.count("--config.data.vocab_path=/mnt/gcs/wikibooks/spm.model") == 2 * (5 + 6 * 8)
+    assert out.count("--config.data.validation_files=/mnt/gcs/wikibooks/heldout/*.txt") == 2 * 5
+
+
+def test_electra_tables_score_glue_by_the_electra_papers_metrics():
+    """ELECTRA reports accuracy for MRPC / QQP and Spearman for STS-B (T5: F1, Pearson)."""
+    name = reproduce._metric_name
+    assert [name(t, "electra") for t in ("glue_mrpc_v002", "glue_qqp_v002", "glue_stsb_v002",
+                                         "glue_cola_v002", "glue_rte_v002")] == [
+        "accuracy", "accuracy", "spearman_corrcoef", "matthews_corrcoef", "accuracy"]
+    assert [name(t, "t5") for t in ("glue_mrpc_v002", "glue_stsb_v002")] == [
+        "f1", "pearson_corrcoef"]
 
 
 # ---------------------------------------------------------------------------------------------
