@@ -18,9 +18,12 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import sentencepiece as spm
 
 from data import electra_examples, sources
+
+# The model seqio's SentencePieceVocabulary wraps (same ids: tests compare the two), loaded
+# directly so the trainer's input path imports TensorFlow only for a gs:// (scheme) path.
+from data.vocab import load_sentencepiece, read_model
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pretrax", "tokens")
@@ -54,7 +57,9 @@ def _sha256_file(path: str) -> str:
 
 
 def cache_key(files: Sequence[str], vocab_path: str, mode: str, fmt: str, field: str) -> str:
-    parts = [f"v{CACHE_VERSION}", mode, fmt, field, _sha256_file(vocab_path)]
+    # The model's bytes: a local file or a gs:// path alike (the same hash as the file's).
+    vocab_sha256 = hashlib.sha256(read_model(vocab_path)).hexdigest()
+    parts = [f"v{CACHE_VERSION}", mode, fmt, field, vocab_sha256]
     parts += [_sha256_file(f) for f in files]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
@@ -132,13 +137,3 @@ def _build_cache(paths: list[str], vocab_path: str, mode: str, fmt: str, field: 
     except OSError:  # another process finished first: keep its cache
         if not os.path.exists(os.path.join(path, "meta.json")):
             raise
-
-
-def load_sentencepiece(vocab_path: str) -> spm.SentencePieceProcessor:
-    """The model seqio's SentencePieceVocabulary wraps (same ids: tests compare the two).
-
-    Loaded directly so the trainer's input path never imports TensorFlow.
-    """
-    if not os.path.isfile(vocab_path):
-        raise FileNotFoundError(f"sentencepiece model {vocab_path!r} does not exist")
-    return spm.SentencePieceProcessor(model_file=vocab_path)

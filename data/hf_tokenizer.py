@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 from data import bundled
+from data import vocab as vocab_lib
 
 SPIECE = "spiece.model"  # T5Tokenizer's file name
 SPM = "spm.model"  # DebertaV2Tokenizer's
@@ -39,7 +39,8 @@ ELECTRA_SPECIAL = {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "<un
 def _write(out: str, vocab: str, file: str, config: dict[str, Any],
            special: dict[str, str]) -> None:
     os.makedirs(out, exist_ok=True)
-    shutil.copyfile(vocab, os.path.join(out, file))
+    with open(os.path.join(out, file), "wb") as f:  # the model's bytes, from gs:// too
+        f.write(vocab_lib.read_model(vocab))
     for name, content in (("tokenizer_config.json", {**config, **special}),
                           ("special_tokens_map.json", special)):
         with open(os.path.join(out, name), "w") as f:

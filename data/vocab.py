@@ -3,7 +3,9 @@
 Id layout (T5): pad=0, eos=1, unk=2, no bos; then ELECTRA's user-defined symbols "[CLS]",
 "[SEP]", "[MASK]" at fixed ids 3, 4, 5; then the learned pieces; then seqio's `extra_ids`
 sentinels on top, `<extra_id_0>` being the LAST id. The piece count is chosen so that
-pieces + extra_ids is a multiple of 128 (8092 + 100 = 8192 by default).
+pieces + extra_ids is a multiple of 128 (8092 + 100 = 8192 by default). T5 objectives need only
+pad/eos/unk (``special_ids(path, T5_SYMBOLS)``), so T5's own vocabularies work too. Models are
+read from local paths or, through tf.io.gfile, from any path with a scheme (``gs://...``).
 
 The bundled vocabulary (bundled.VOCAB_PATH) was trained on the bundled train split with
 
@@ -21,7 +23,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sentencepiece as spm
@@ -32,7 +34,10 @@ if TYPE_CHECKING:  # seqio imports TensorFlow: only runs that read seqio tasks p
     import seqio
 
 DEFAULT_SEED = 0
+# ELECTRA's user-defined pieces: what its objectives and classifiers need on top of T5_IDS.
 SPECIAL_SYMBOLS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+# T5's objectives need none: sentinels (and BERT/MASS-style masks) are seqio's extra ids.
+T5_SYMBOLS: Mapping[str, str] = {}
 T5_IDS = {"pad": 0, "eos": 1, "unk": 2}
 # sentencepiece skips training lines longer than this (bytes); documents are fed in pieces.
 _MAX_SENTENCE_BYTES = 4192
@@ -146,11 +151,57 @@ def get_vocabulary(
     path: str = bundled.VOCAB_PATH, extra_ids: int = bundled.EXTRA_IDS
 ) -> seqio.SentencePieceVocabulary:
     """The T5-side vocabulary: `<extra_id_0>` is id vocab_size - 1."""
-    import seqio
+    import seqio  # reads the model through tf.io.gfile itself
 
-    if not os.path.isfile(path):
+    if not model_exists(path):
         raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def _has_scheme(path: str) -> bool:
+    """``gs://...``, ``ram://...``, ``file://...``: a path for tf.io.gfile, not the OS."""
+    return "://" in path
+
+
+def model_exists(path: str) -> bool:
+    """Whether ``path`` is a file: local paths by the OS (no TensorFlow import), paths with a
+    scheme (``gs://`` ...) by tf.io.gfile (imported only then: it is slow to import)."""
+    if not _has_scheme(path):
+        return os.path.isfile(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def read_model(path: str) -> bytes:
+    """The bytes of the sentencepiece model ``path``: a local file, or any filesystem
+    tf.io.gfile reads (``gs://`` for the T5 paper's vocabulary, ``ram://`` in tests).
+
+    FileNotFoundError names a missing path; other filesystem errors (no credentials, no
+    network) raise OSError naming the path and the filesystem's message.
+    """
+    if not _has_scheme(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+        with open(path, "rb") as f:
+            return f.read()
+    import tensorflow as tf
+
+    try:
+        if not model_exists(path):
+            raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError as e:
+        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist") from e
+    except tf.errors.OpError as e:
+        raise OSError(f"cannot read sentencepiece model {path!r}: {e.message}") from e
+
+
+def load_sentencepiece(path: str) -> spm.SentencePieceProcessor:
+    """The model seqio's SentencePieceVocabulary wraps (same ids), from any path
+    :func:`read_model` reads; TensorFlow is imported only for paths with a scheme."""
+    return spm.SentencePieceProcessor(model_proto=read_model(path))
 
 
 def path_of(config: Any) -> str:
@@ -162,35 +213,39 @@ def path_of(config: Any) -> str:
         return config.data.vocab_path
     for name in ("spiece.model", "spm.model"):
         path = os.path.join(config.train.init_from, name) if config.train.init_from else ""
-        if path and os.path.isfile(path):
+        if path and model_exists(path):
             return path
     return bundled.VOCAB_PATH
 
 
 def vocabulary_size(path: str = bundled.VOCAB_PATH, extra_ids: int = bundled.EXTRA_IDS) -> int:
     """Ids the vocabulary uses: sentencepiece pieces + T5's extra ids (what seqio reports)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
-    return spm.SentencePieceProcessor(model_file=path).get_piece_size() + extra_ids
+    return load_sentencepiece(path).get_piece_size() + extra_ids
 
 
-def special_ids(path: str = bundled.VOCAB_PATH) -> dict[str, int]:
-    """The ELECTRA-side ids: {"pad": 0, "eos": 1, "unk": 2, "cls": 3, "sep": 4, "mask": 5}.
+def special_ids(path: str = bundled.VOCAB_PATH,
+                symbols: Mapping[str, str] = SPECIAL_SYMBOLS) -> dict[str, int]:
+    """T5's ids {"pad": 0, "eos": 1, "unk": 2} plus the id of each of ``symbols`` (name ->
+    piece), which must be pieces of the model.
 
-    Read from the model itself (not the .json), and checked against the T5 layout.
+    The default ``symbols`` are ELECTRA's: {"pad": 0, "eos": 1, "unk": 2, "cls": 3, "sep": 4,
+    "mask": 5} for a vocabulary ``python -m data.vocab`` trained. T5 objectives pass
+    ``T5_SYMBOLS`` (none), so T5's own vocabularies (pad/eos/unk + pieces; sentinels are the
+    extra ids) are accepted. Read from the model itself (not the .json), and checked against
+    the T5 layout.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
-    sp = spm.SentencePieceProcessor(model_file=path)
+    sp = load_sentencepiece(path)
     ids = {"pad": sp.pad_id(), "eos": sp.eos_id(), "unk": sp.unk_id()}
     if ids != T5_IDS or sp.bos_id() != -1:
         raise ValueError(
             f"{path}: special ids {ids} (bos={sp.bos_id()}); expected {T5_IDS} and no bos"
         )
-    for name, symbol in SPECIAL_SYMBOLS.items():
+    for name, symbol in symbols.items():
         piece_id = sp.piece_to_id(symbol)  # unknown pieces map to unk, whose piece differs
         if sp.id_to_piece(piece_id) != symbol:
-            raise ValueError(f"{path}: has no {symbol!r} piece; expected a user-defined symbol")
+            raise ValueError(
+                f"{path}: has no {symbol!r} piece; expected the user-defined symbols "
+                f"{list(symbols.values())} (python -m data.vocab trains such a vocabulary)")
         ids[name] = piece_id
     return ids
 

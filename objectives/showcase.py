@@ -22,6 +22,7 @@ import numpy as np
 import sentencepiece as spm
 
 from data import bundled
+from data import vocab as vocab_lib
 from modeling import decoding, electra
 from objectives import losses, rtd
 
@@ -54,7 +55,7 @@ def _decode(sp: spm.SentencePieceProcessor, ids: np.ndarray) -> str:
 def t5_span_filling(model: Any, params: Any, init_params: Any, example: dict[str, np.ndarray],
                     vocab_path: str, inputs_length: int, targets_length: int) -> list[str]:
     """Lines comparing step 0 with the trained model on one held-out span-corruption example."""
-    vocab = spm.SentencePieceProcessor(model_file=vocab_path)
+    vocab = vocab_lib.load_sentencepiece(vocab_path)
     enc = jnp.asarray(_pad(example["inputs"], inputs_length))
     targets = _pad(example["targets"], targets_length)
     dec_in = jnp.asarray(np.pad(targets[:, :-1], ((0, 0), (1, 0))))  # PAD = 0 starts
@@ -83,7 +84,7 @@ def electra_detection(model: Any, params: Any, init_params: Any,
                       example: dict[str, np.ndarray], vocab_path: str, cfg: rtd.RTDConfig,
                       length: int, key: jax.Array) -> list[str]:
     """Lines showing which replaced tokens the step-0 and trained discriminators catch."""
-    vocab = spm.SentencePieceProcessor(model_file=vocab_path)
+    vocab = vocab_lib.load_sentencepiece(vocab_path)
     tokens = jnp.asarray(_pad(example["inputs"], length))
     types = jnp.asarray(_pad(example["token_type_ids"], length))
     batch = {"encoder_input_tokens": tokens}

@@ -100,7 +100,9 @@ def build(config: Any, denoiser: denoising.Denoiser | None) -> base.Objective:
         spec.update(encoder_segment_ids=(batch, l_in), encoder_positions=(batch, l_in),
                     decoder_segment_ids=(batch, l_out), decoder_positions=(batch, l_out))
     batch_spec = {k: (shape, jnp.int32) for k, shape in spec.items()}
-    special_ids = vocab_lib.special_ids(vocab_path)
+    # pad/eos/unk only: T5's sentinels (and BERT/MASS-style masks) are seqio's extra ids, so
+    # T5's own vocabularies (no ELECTRA [CLS]/[SEP]/[MASK] pieces) are accepted.
+    special_ids = vocab_lib.special_ids(vocab_path, symbols=vocab_lib.T5_SYMBOLS)
 
     def init_fn(key):
         enc = jnp.ones((1, l_in), jnp.int32)
