@@ -43,7 +43,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from launch import sweep_spec
+from launch import sweep_spec, sweep_tpu
 from launch.sweep_spec import Stage, Sweep, SweepError, named, product, seeds
 
 SCALES = ("laptop", "paper")
@@ -191,8 +191,7 @@ PAPER_SETTINGS = {
     "tpu_vm": {"tpu.project": "my-project", "tpu.zone": "us-central2-b",
                "tpu.accelerator_type": "v4-32", "tpu.version": "tpu-ubuntu2204-base",
                "tpu.provisioning": "queued_spot",
-               "tpu.setup": ("mountpoint -q /mnt/gcs || (sudo mkdir -p /mnt/gcs && sudo gcsfuse "
-                             f"--implicit-dirs -o allow_other {BUCKET} /mnt/gcs)",),
+               "tpu.setup": (sweep_tpu.gcsfuse_setup(BUCKET),),
                "tpu.workdir_root": "/mnt/gcs/tables",
                "env.TFDS_DATA_DIR": f"gs://{BUCKET}/tensorflow_datasets"},
     "slurm": {"slurm.nodes": 2, "slurm.ntasks_per_node": 1, "slurm.gpus_per_node": 8,

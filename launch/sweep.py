@@ -12,7 +12,9 @@ Commands:
 - ``status``: one line per run: state (pending, running, done, failed, preempted), step, latest
   loss and evaluation, tokens/s, workdir.
 - ``collect``: ``results.csv``, ``results.md`` and ``curves.png`` under ``--root``.
-- ``retry``: start the failed and preempted runs again (they resume from their checkpoints).
+- ``retry``: start the failed and preempted runs again (they resume from their checkpoints),
+  and the runs never started because one of those was not done (a stage's runs wait for the
+  run they start from).
 
 ``--backend`` defaults to the one the sweep last ran on (``local`` for a new sweep).
 
@@ -164,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             sweep_backends.check_binaries("tpu_vm", ("gcloud",))
     statuses = _statuses(runs) if not (fresh and args.dry_run) else []
     if args.command == "retry":
-        chosen = [s.run for s in statuses if s.state in ("failed", "preempted")]
+        again = {s.run.name for s in statuses if s.state in ("failed", "preempted")}
+        # ... and the runs that were not started because one of those was not done
+        never = {s.run.name for s in statuses if s.state == "pending" and s.job is None}
+        for run in runs:  # parents come before their children
+            if run.after in again and run.name in never:
+                again.add(run.name)
+        chosen = [run for run in runs if run.name in again]
     elif args.command == "launch":
         active = {s.run.name for s in statuses if s.state in ("running", "done") or (
             s.state == "pending" and s.job is not None)}

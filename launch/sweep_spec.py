@@ -57,6 +57,9 @@ TPU_KEYS: dict[str, Any] = {
     "setup": (),  # shell commands run on every worker after the install (mounts, ...)
     "extra_create_flags": (),
     "workdir_root": None,  # where runs write on the workers: a path every worker mounts
+    # The CPython the workers install pretrax into (a uv venv; jax >= 0.10 needs >= 3.11,
+    # newer than the TPU images' system python)
+    "python": "3.11",
 }
 NAMESPACES = ("config", "slurm", "tpu", "env")
 _NAME = re.compile(r"^[A-Za-z0-9._=,+@-]+$")

@@ -9,13 +9,25 @@ the output in ``ROOT/tpu/SLICE.log``. A script:
    for ``tpu.provisioning="spot"``), or a queued resource (``"queued"``, ``"queued_spot"``) and
    waits until it is ACTIVE;
 2. installs pretrax on every worker (``ssh --worker=all``) from ``--git_url`` at ``--git_ref``
-   (default: this checkout's ``origin`` and ``HEAD``), then runs the sweep's ``tpu.setup``
-   commands (mounting the shared filesystem, ...);
-3. runs each run's ``launch.train`` on every worker, with the same config file and overrides as
-   the expansion (the git ref pins the code, so they resolve to the same config) and its
-   workdir under ``tpu.workdir_root``, a path every worker mounts (gcsfuse, Filestore);
-   a run's exit code goes to ``ROOT/RUN/sweep/exit_code`` for ``status``;
+   (default: this checkout's ``origin`` and ``HEAD``) into ``~/pretrax-pyVERSION``, a venv of
+   CPython ``tpu.python`` (default 3.11; jax needs >= 3.11, the TPU images' ``python3`` is
+   older) made by uv (installed with its standalone installer; it downloads that Python), then
+   runs the sweep's ``tpu.setup`` commands (mounting the shared filesystem, ...). Each step is
+   skipped when it was done before, so a rerun on an existing slice reinstalls nothing;
+3. runs each run's ``launch.train`` with the venv's python on every worker, with the same
+   config file and overrides as the expansion (the git ref pins the code, so they resolve to
+   the same config) and its workdir under ``tpu.workdir_root``, a path every worker mounts
+   (gcsfuse, Filestore); a run's exit code goes to ``ROOT/RUN/sweep/exit_code`` for
+   ``status``;
 4. deletes the slice when the script ends, also after a failure (a slice costs by the hour).
+
+Dependencies (``Run.after``: a fine-tune starts from its pretraining run's newest checkpoint):
+``--execute`` starts a slice's script only once every run it waits for (the parents of its runs
+on other slices) is ``done`` by ``launch.sweep status``'s rules; when one failed or was
+preempted the script is not started and the run is named (``retry`` starts it after retrying
+the parent). A script also checks this itself before it creates its slice (the parent's exit
+code 0), for scripts run by hand, and a run whose parent ran earlier on the same slice starts
+only if that one exited 0.
 
 Rerunning a script (``retry`` does) recreates the slice and resumes each run from the newest
 checkpoint in its workdir. No cloud is reachable from the tests: tests/test_sweep_tpu.py checks
@@ -37,8 +49,28 @@ from launch.sweep_spec import Run, SweepError
 
 PROVISIONING = ("on_demand", "spot", "queued", "queued_spot")
 SLICE_KEYS = ("project", "zone", "accelerator_type", "version", "provisioning",
-              "extra_create_flags", "setup")
+              "extra_create_flags", "setup", "python")
 PIP_JAX = "jax[tpu]>=0.10,<0.13"  # setup.cfg's jax range, with libtpu
+
+
+def gcsfuse_setup(bucket: str, mount: str = "/mnt/gcs") -> str:
+    """A ``tpu.setup`` command mounting ``gs://bucket`` at ``mount`` on every worker, writable
+    by the ssh user the runs execute as: gcsfuse run by root makes everything root-owned
+    unless given the user's ``--uid/--gid`` (``$(id -u)`` is expanded by the worker's shell);
+    ``--rename-dir-limit`` lets orbax commit a checkpoint by renaming its temporary folder
+    (gcsfuse refuses directory renames on flat-namespace buckets by default; 200,000 is its
+    checkpointing profile's value; the rename is copy-then-delete there, atomic only on a
+    hierarchical-namespace bucket). The image must have gcsfuse installed."""
+    return (f"mountpoint -q {mount} || (sudo mkdir -p {mount} && sudo gcsfuse --uid=$(id -u) "
+            f"--gid=$(id -g) --rename-dir-limit=200000 --implicit-dirs -o allow_other "
+            f"{bucket} {mount})")
+# uv (https://docs.astral.sh/uv) makes the workers' venv: the TPU images' python3 is older than
+# jax needs (tpu-ubuntu2204-base: 3.10; jax >= 0.10 requires >= 3.11), so uv downloads a
+# managed CPython of tpu.python. Its standalone installer puts the uv binary at UV and leaves
+# the shell profiles alone (UV_UNMANAGED_INSTALL).
+UV_INSTALLER = "https://astral.sh/uv/install.sh"
+UV = "~/.local/bin/uv"
+_PYTHON = re.compile(r"^3\.(\d+)(\.\d+)?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,12 +135,49 @@ def slices(runs: Sequence[Run], all_runs: Sequence[Run],
         if first["provisioning"] not in PROVISIONING:
             raise SweepError(f"run {group[0].name}: tpu.provisioning="
                              f"{first['provisioning']!r}; expected one of {PROVISIONING}")
+        python = first["python"]
+        match = _PYTHON.match(python) if isinstance(python, str) else None
+        if not match or int(match.group(1)) < 11:
+            raise SweepError(f"run {group[0].name}: tpu.python={python!r}; expected a CPython "
+                             "version >= 3.11 as a string, e.g. \"3.11\" (jax >= 0.10 needs it)")
         for run in group[1:]:
             differ = [k for k in SLICE_KEYS if run.tpu()[k] != first[k]]
             if differ:
                 raise SweepError(f"runs {group[0].name} and {run.name} share slice {name} but "
                                  f"differ in tpu.{', tpu.'.join(differ)}")
+    _check_order(grouped)
     return grouped
+
+
+def waits_for(group: Sequence[Run]) -> list[str]:
+    """The runs a slice's script waits for: the parents of its runs that are not on it."""
+    own = {run.name for run in group}
+    return list(dict.fromkeys(run.after for run in group if run.after and run.after not in own))
+
+
+def _check_order(grouped: dict[str, list[Run]]) -> None:
+    """Slices that wait for each other (a run on A after one on B, and one on B after one on A)
+    would wait forever: refuse them before anything is written."""
+    slice_of = {run.name: name for name, group in grouped.items() for run in group}
+    after = {name: {slice_of[p] for p in waits_for(group) if p in slice_of}
+             for name, group in grouped.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "open":
+            cycle = path[path.index(name):] + [name]
+            raise SweepError(f"slices {' -> '.join(cycle)} wait for each other (a run on each "
+                             "depends on a run on the next); give the stages different "
+                             "tpu.slice names")
+        state[name] = "open"
+        for other in sorted(after[name]):
+            visit(other, [*path, name])
+        state[name] = "done"
+
+    for name in grouped:
+        visit(name, [])
 
 
 def _where(tpu: dict) -> list[str]:
@@ -135,6 +204,29 @@ def _wrap(line: str, *breaks: str) -> str:
     return line
 
 
+def _exit_file(run_name: str) -> str:
+    """A run's exit code file relative to the sweep root (sweep_state.exit_code_path)."""
+    return shlex.quote(os.path.join(run_name, sweep_state.JOB_DIR, "exit_code"))
+
+
+def venv(tpu: dict) -> str:
+    """The workers' venv (one per Python version: a rerun reuses it, a new version gets its
+    own), written for the remote shell to expand ``~``."""
+    return f"~/pretrax-py{tpu['python']}"
+
+
+def install_command(tpu: dict, git_url: str, git_ref: str) -> str:
+    """The remote command that installs pretrax at ``git_ref`` into the venv; every step is
+    skipped or a no-op when it was done before (a rerun on an existing slice)."""
+    python = f"{venv(tpu)}/bin/python"
+    return (f"set -e; [ -d ~/pretrax ] || git clone -q {shlex.quote(git_url)} ~/pretrax; "
+            f"cd ~/pretrax; git fetch -q origin; git checkout -q {shlex.quote(git_ref)}; "
+            f"[ -x {UV} ] || curl -LsSf {UV_INSTALLER} | UV_UNMANAGED_INSTALL="
+            f"{os.path.dirname(UV)} sh; "
+            f"[ -x {python} ] || {UV} venv -q --python {tpu['python']} {venv(tpu)}; "
+            f"{UV} pip install -q --python {python} -e . {shlex.quote(PIP_JAX)}")
+
+
 def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_ref: str,
            local_root: str) -> str:
     """The bash script of one slice (see the module docstring)."""
@@ -157,6 +249,16 @@ def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_re
         f"SWEEP_ROOT={shlex.quote(local_root)}  # run states for `launch.sweep status`",
         "",
     ]
+    for parent in waits_for(runs):
+        lines += [
+            f"# Runs here start from run {parent}'s checkpoints: only once it has exited 0.",
+            f'if [ "$(cat "$SWEEP_ROOT"/{_exit_file(parent)} 2>/dev/null)" != 0 ]; then',
+            f'  echo "not started: run {parent} has not finished (no exit code 0 in '
+            f'$SWEEP_ROOT/{_exit_file(parent)}); run its script first" >&2',
+            "  exit 3",
+            "fi",
+            "",
+        ]
     if queued:
         describe = ["compute", "tpus", "queued-resources", "describe", name, *where]
         create = ["compute", "tpus", "queued-resources", "create", name, f"--node-id={name}",
@@ -190,23 +292,34 @@ def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_re
                   "|| gcloud", "--accelerator-type", "|| exit"),
             f"trap {shlex.quote(_gcloud(*delete))} EXIT",
         ]
-    install = (f"set -e; [ -d ~/pretrax ] || git clone -q {shlex.quote(git_url)} ~/pretrax; "
-               f"cd ~/pretrax && git fetch -q origin && git checkout -q {shlex.quote(git_ref)}"
-               f" && python3 -m pip install -q -e . {shlex.quote(PIP_JAX)}")
-    lines += ["", "# Install pretrax at the sweep's commit on every worker, then set them up.",
+    install = install_command(tpu, git_url, git_ref)
+    lines += ["", f"# Install pretrax at the sweep's commit on every worker, in a Python "
+                  f"{tpu['python']} venv made by uv",
+              "# (the image's python3 may be older than jax needs), then set the workers up.",
               _wrap(_gcloud(*ssh, f"--command={install}") + " || exit 1", "--command", "|| exit")]
     for command in tpu["setup"]:
         lines.append(_wrap(_gcloud(*ssh, f"--command={command}") + " || exit 1", "--command",
                            "|| exit"))
+    earlier: set[str] = set()
     for run in runs:
         env = sweep_backends.run_env(run, sweep_name)
-        remote = ("cd ~/pretrax && " + shlex.join([f"{k}={v}" for k, v in env.items()]) + " "
-                  + shlex.join(["python3", "-m", "launch.train", f"--config={run.config}",
+        remote = ("cd ~/pretrax && " + shlex.join([f"{k}={v}" for k, v in env.items()])
+                  + f" {venv(tpu)}/bin/python "
+                  + shlex.join(["-m", "launch.train", f"--config={run.config}",
                                 *sweep_spec.override_flags(run), f"--workdir={run.workdir}"]))
-        exit_file = os.path.relpath(sweep_state.exit_code_path(run), local_root)
-        lines += ["", f"# Run {run.name}.", _wrap(_gcloud(*ssh, f"--command={remote}"),
-                                                  "--command"),
-                  f'echo $? > "$SWEEP_ROOT"/{shlex.quote(exit_file)}']
+        train = [_wrap(_gcloud(*ssh, f"--command={remote}"), "--command"),
+                 f'echo $? > "$SWEEP_ROOT"/{_exit_file(run.name)}']
+        if run.after in earlier:  # its parent ran above: only if that exited 0
+            lines += ["", f"# Run {run.name}, once run {run.after} above has exited 0.",
+                      f'if [ "$(cat "$SWEEP_ROOT"/{_exit_file(run.after)} 2>/dev/null)" = 0 ]; '
+                      "then",
+                      *["  " + line.replace("\n", "\n  ") for line in train],
+                      "else",
+                      f'  echo "{run.name}: not started, run {run.after} did not exit 0" >&2',
+                      "fi"]
+        else:
+            lines += ["", f"# Run {run.name}.", *train]
+        earlier.add(run.name)
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +338,10 @@ def scripts(runs: Sequence[Run], sweep_name: str, args: argparse.Namespace,
 
 def launch(runs: Sequence[Run], all_runs: Sequence[Run], sweep_name: str,
            args: argparse.Namespace) -> int:
-    """Writes the slices' scripts; with ``--execute`` runs them, ``--parallel`` at a time."""
+    """Writes the slices' scripts; with ``--execute`` runs them, ``--parallel`` at a time, each
+    once the runs it waits for are done (see the module docstring)."""
+    if args.execute and args.parallel < 1:
+        raise SweepError(f"--parallel={args.parallel}; expected >= 1")
     written = scripts(runs, sweep_name, args, all_runs)
     os.makedirs(script_dir(args), exist_ok=True)
     for path, text in written.items():
@@ -237,25 +353,55 @@ def launch(runs: Sequence[Run], all_runs: Sequence[Run], sweep_name: str,
         print("run them with --execute (or by hand); each resumes its runs when rerun")
         return 0
     groups = slices(runs, all_runs, sweep_name)
-    todo, active, failed = list(written), {}, 0
+    by_name = {run.name: run for run in all_runs}
+    slice_of = {run.name: name for name, group in groups.items() for run in group}
+    todo = list(groups)
+    active: dict[str, subprocess.Popen] = {}
+    failed = blocked = 0
+
+    def start(name: str) -> None:
+        path = os.path.join(script_dir(args), f"{name}.sh")
+        for run in groups[name]:
+            if os.path.exists(sweep_state.exit_code_path(run)):
+                os.remove(sweep_state.exit_code_path(run))
+        with open(path[:-3] + ".log", "a") as log:
+            process = subprocess.Popen(["bash", path], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        for run in groups[name]:
+            sweep_state.record_job(run, "tpu_vm", name, pid=process.pid, script=path)
+        active[name] = process
+        print(f"{name}: started {path} (log {path[:-3]}.log)")
+
     while todo or active:
-        while todo and len(active) < args.parallel:
-            path = todo.pop(0)
-            name = os.path.basename(path)[:-3]
-            for run in groups[name]:
-                if os.path.exists(sweep_state.exit_code_path(run)):
-                    os.remove(sweep_state.exit_code_path(run))
-            with open(path[:-3] + ".log", "a") as log:
-                process = subprocess.Popen(["bash", path], stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL)
-            for run in groups[name]:
-                sweep_state.record_job(run, "tpu_vm", name, pid=process.pid, script=path)
-            active[path] = process
-            print(f"{name}: started {path} (log {path[:-3]}.log)")
+        for name in list(todo):
+            if len(active) >= args.parallel:
+                break
+            parents = waits_for(groups[name])
+            if any(slice_of.get(p) in active or slice_of.get(p) in todo for p in parents):
+                continue  # its parents' slices have not finished yet
+            todo.remove(name)
+            states = {p: sweep_state.run_status(by_name[p], {}) if p in by_name else None
+                      for p in parents}
+            undone = {p: s for p, s in states.items() if s is None or s.state != "done"}
+            if undone:
+                blocked += 1
+                again = all(s and s.state in ("failed", "preempted") for s in undone.values())
+                them = "it" if len(undone) == 1 else "them"
+                print(f"{name}: not started: it waits for "
+                      + ", ".join(f"run {p} ({s.state}{f', {s.detail}' if s.detail else ''})"
+                                  if s else f"run {p} (not in this sweep)"
+                                  for p, s in undone.items())
+                      + f"; `python -m launch.sweep {'retry' if again else 'launch'} "
+                      f"--root={args.root} --execute` "
+                      + (f"retries {them} and then starts this slice" if again else
+                         f"starts this slice once {them} {'is' if them == 'it' else 'are'} "
+                         "done"))
+                continue
+            start(name)
         time.sleep(0.2)
-        for path, process in list(active.items()):
+        for name, process in list(active.items()):
             if process.poll() is not None:
-                del active[path]
+                del active[name]
                 failed += process.returncode != 0
-                print(f"{os.path.basename(path)[:-3]}: finished (exit {process.returncode})")
-    return 1 if failed else 0
+                print(f"{name}: finished (exit {process.returncode})")
+    return 1 if failed or blocked else 0

@@ -162,6 +162,8 @@ def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
     assert "configs/electra.py:electra_base" in out
     assert "--config.data.train_files=/mnt/gcs/wikibooks/*.txt" in out
     assert "gcloud" in out and "--project=my-lab" in out and "v4-32" in out
+    # the bucket is mounted writable by the ssh user the runs execute as, renames allowed
+    assert "sudo gcsfuse --uid=$(id -u) --gid=$(id -g) --rename-dir-limit=200000" in out
     assert "configs/finetune.py:electra_base" in out and "glue_mnli_v002" in out
     # 5 rows x 1 seed pretrained, (5 rows + scratch) x 8 GLUE tasks fine-tuned: every run reads
     # the vocabulary made for the text; pretraining validates on the held-out files (each run

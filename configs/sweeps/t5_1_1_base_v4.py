@@ -11,6 +11,7 @@ line for a Filestore mount); checkpoints and metrics go there, so a rerun resume
 ``status`` reads them when this machine mounts the bucket at the same path.
 """
 
+from launch import sweep_tpu
 from launch.sweep_spec import Sweep, values
 
 BUCKET = "my-pretrax-bucket"
@@ -30,9 +31,7 @@ def get_sweep() -> Sweep:
             "tpu.accelerator_type": "v4-32",
             "tpu.version": "tpu-ubuntu2204-base",
             "tpu.slice": "t5-base-v4-32",  # both runs on this one slice, one after the other
-            "tpu.setup": (
-                "mountpoint -q /mnt/gcs || (sudo mkdir -p /mnt/gcs && sudo gcsfuse "
-                f"--implicit-dirs -o allow_other {BUCKET} /mnt/gcs)",),
+            "tpu.setup": (sweep_tpu.gcsfuse_setup(BUCKET),),
             "tpu.workdir_root": "/mnt/gcs/sweeps",
         },
         # T5X's rsqrt schedule: lr = base / sqrt(max(step, 10k)); 1.0 is the paper's base.

@@ -10,6 +10,7 @@ ssh then fails (exit 255, ``status`` says preempted) and ``python -m launch.swee
 bucket. Change the project, zone and bucket to yours (see t5_1_1_base_v4.py for the mount).
 """
 
+from launch import sweep_tpu
 from launch.sweep_spec import Sweep, seeds
 
 BUCKET = "my-pretrax-bucket"
@@ -29,9 +30,7 @@ def get_sweep() -> Sweep:
             "tpu.accelerator_type": "v5litepod-16",
             "tpu.version": "v2-alpha-tpuv5-lite",
             "tpu.provisioning": "queued_spot",
-            "tpu.setup": (
-                "mountpoint -q /mnt/gcs || (sudo mkdir -p /mnt/gcs && sudo gcsfuse "
-                f"--implicit-dirs -o allow_other {BUCKET} /mnt/gcs)",),
+            "tpu.setup": (sweep_tpu.gcsfuse_setup(BUCKET),),
             "tpu.workdir_root": "/mnt/gcs/sweeps",
         },
         axes=seeds(3),
