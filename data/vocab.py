@@ -73,6 +73,7 @@ def train_vocab(
     seed: int = DEFAULT_SEED,
     character_coverage: float = 0.9995,
     max_piece_length: int = 16,
+    sample_sentences: int = 0,
 ) -> dict:
     """Trains `<output_prefix>.model` and writes `<output_prefix>.json`; returns the JSON dict.
 
@@ -84,6 +85,9 @@ def train_vocab(
       seed: sentencepiece's random generator seed.
       character_coverage: fraction of characters covered by pieces; the rest map to unk.
       max_piece_length: the longest piece, in characters (sentencepiece's default).
+      sample_sentences: 0 trains on every piece of text (held in memory: fine for the bundled
+        corpus); N > 0 trains on a uniform sample of N of them (sentencepiece's reservoir,
+        seeded by ``seed``), which a Wikipedia-sized corpus needs (e.g. 10,000,000).
     """
     if vocab_size_with_extras % 128:
         raise ValueError(
@@ -117,8 +121,9 @@ def train_vocab(
             user_defined_symbols=list(SPECIAL_SYMBOLS.values()),
             max_sentence_length=_MAX_SENTENCE_BYTES,
             max_sentencepiece_length=max_piece_length,
-            input_sentence_size=0,  # use every piece: no sampling, so no sampling randomness
-            shuffle_input_sentence=False,
+            # 0: every piece (no sampling randomness); N: a seeded reservoir sample of N.
+            input_sentence_size=sample_sentences,
+            shuffle_input_sentence=sample_sentences > 0,
             num_threads=1,  # bit-identical output
             minloglevel=2,
         )
@@ -135,6 +140,7 @@ def train_vocab(
         "model_type": model_type,
         "seed": seed,
         "character_coverage": character_coverage,
+        "sample_sentences": sample_sentences,
         "corpus_documents": stats.total().documents,
         "corpus_sha256": digest.hexdigest(),
         "corpus_files": [os.path.basename(p) for p in stats.files],
@@ -276,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--extra_ids", type=int, default=100)
     parser.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--sample_sentences", type=int, default=0,
+                        help="train on a seeded sample of this many pieces of text (0: all; "
+                             "a Wikipedia-sized corpus needs a sample, e.g. 10000000)")
     parser.add_argument("--character_coverage", type=float, default=0.9995,
                         help="share of the corpus's characters given pieces (1.0: every one; "
                              "the rest map to unk)")
@@ -288,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_type=args.model_type,
         seed=args.seed,
         character_coverage=args.character_coverage,
+        sample_sentences=args.sample_sentences,
     )
     print(json.dumps(info, indent=2, sort_keys=True))
 
