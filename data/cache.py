@@ -3,13 +3,16 @@
 Keyed by (sha256 of the files' bytes, sha256 of the sentencepiece model, mode, reader options).
 Cost: one sentencepiece pass (C++, all cores) plus hashing the files; disk = 2 bytes per token
 (uint16 when the vocabulary fits) + 8 bytes per document/sentence offset. Later runs memory map
-it (no re-reading, no re-tokenizing). ``python -m data.benchmark`` prints the measured times and
-sizes. data/examples.py cuts examples out of it.
+it (no re-reading, no re-tokenizing). One process builds a cache (a lock file beside it: the
+many jobs of a sweep that start on one corpus wait and then map it), streaming tokens to disk,
+so memory stays at one batch of documents whatever the corpus's size. ``python -m
+data.benchmark`` prints the measured times and sizes. data/examples.py cuts examples out of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -91,49 +94,76 @@ def load_cache(path: str) -> CorpusTokens:
 
 def _build_cache(paths: list[str], vocab_path: str, mode: str, fmt: str, field: str,
                  path: str, batch_documents: int) -> None:
+    """Builds the cache at ``path`` unless another process has (or is building it: one builder
+    per cache, the others wait on a lock and then map its result)."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+        if not os.path.exists(os.path.join(path, "meta.json")):
+            _build_cache_locked(paths, vocab_path, mode, fmt, field, path, batch_documents)
+
+
+def _build_cache_locked(paths: list[str], vocab_path: str, mode: str, fmt: str, field: str,
+                        path: str, batch_documents: int) -> None:
     start = time.perf_counter()
     tokenizer = load_sentencepiece(vocab_path)
     dtype = np.uint16 if tokenizer.get_piece_size() <= np.iinfo(np.uint16).max else np.int32
-    chunks: list[np.ndarray] = []
-    lengths: list[int] = []
+    # Write to a temporary folder and rename: readers never see half a cache. Tokens stream to
+    # a raw file as they are made, so memory stays bounded by one batch whatever the corpus.
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+    raw_path = os.path.join(tmp, "tokens.raw")
+    lengths: list[np.ndarray] = []  # one int64 array per batch
     doc_units: list[int] = []
     batch: list[str] = []
 
-    def flush() -> None:
-        for ids in tokenizer.encode(batch, num_threads=os.cpu_count() or 1):
-            chunks.append(np.asarray(ids, dtype))
-            lengths.append(len(ids))
-        batch.clear()
+    with open(raw_path, "wb") as raw:
+        def flush() -> None:
+            if not batch:
+                return
+            ids = tokenizer.encode(batch, num_threads=os.cpu_count() or 1)
+            lengths.append(np.fromiter((len(x) for x in ids), np.int64, len(ids)))
+            raw.write(np.concatenate([np.asarray(x, dtype) for x in ids]).tobytes())
+            batch.clear()
 
-    stats = sources.ReadStats()
-    for document in sources.read_documents(paths, fmt=fmt, field=field, stats=stats):
-        units = electra_examples.split_sentences(document) if mode == "sentences" else [document]
-        doc_units.append(len(units))
-        batch.extend(units)
-        if len(batch) >= batch_documents:
-            flush()
-    flush()
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    # Write to a temporary folder and rename: concurrent builders never see half a cache.
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    np.save(os.path.join(tmp, "tokens.npy"), tokens)
+        stats = sources.ReadStats()
+        for document in sources.read_documents(paths, fmt=fmt, field=field, stats=stats):
+            units = (electra_examples.split_sentences(document) if mode == "sentences"
+                     else [document])
+            doc_units.append(len(units))
+            batch.extend(units)
+            if len(batch) >= batch_documents:
+                flush()
+        flush()
+    unit_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(unit_lengths) + 1, np.int64)
+    np.cumsum(unit_lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    # The raw tokens into a .npy of the same bytes, block by block.
+    tokens = np.lib.format.open_memmap(os.path.join(tmp, "tokens.npy"), mode="w+", dtype=dtype,
+                                       shape=(total,))
+    block = 1 << 26
+    with open(raw_path, "rb") as raw:
+        for begin in range(0, total, block):
+            count = min(block, total - begin)
+            tokens[begin:begin + count] = np.fromfile(raw, dtype, count)
+    tokens.flush()
+    del tokens
+    os.remove(raw_path)
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
     if mode == "sentences":
         doc_offsets = np.zeros(len(doc_units) + 1, np.int64)
         np.cumsum(doc_units, out=doc_offsets[1:])
         np.save(os.path.join(tmp, "doc_offsets.npy"), doc_offsets)
-    meta = {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": int(tokens.size),
-            "units": len(lengths), "documents": len(doc_units), "dtype": np.dtype(dtype).name,
+    meta = {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": total,
+            "units": len(unit_lengths), "documents": len(doc_units),
+            "dtype": np.dtype(dtype).name,
             "build_seconds": round(time.perf_counter() - start, 3),
             "bytes": sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp))}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     try:
         os.replace(tmp, path)
-    except OSError:  # another process finished first: keep its cache
+    except OSError:  # another process finished first (without the lock): keep its cache
         if not os.path.exists(os.path.join(path, "meta.json")):
             raise

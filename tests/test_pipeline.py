@@ -65,6 +65,41 @@ def test_token_cache_matches_the_vocabulary_and_is_reused(t5, cache_dir):
     np.testing.assert_array_equal(ex.chunk(3), corpus.tokens[3 * ex.raw_length:4 * ex.raw_length])
 
 
+_CONCURRENT_BUILDER = """
+import sys, time
+from data import bundled, cache
+build = cache._build_cache_locked
+def slow_build(*args):
+    with open(sys.argv[2], "a") as f:
+        f.write("built\\n")
+    time.sleep(2)  # both processes are inside tokenize_corpus at once
+    build(*args)
+cache._build_cache_locked = slow_build
+corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH, cache_dir=sys.argv[1])
+print(corpus.path, int(corpus.tokens.sum()), corpus.tokens.size)
+"""
+
+
+def test_concurrent_starts_build_the_token_cache_once(tmp_path):
+    """Sweeps start many jobs on one corpus at once: one builds its cache, the others wait on
+    the lock and map it (before, each tokenised the whole corpus, and losers left their
+    temporary folders behind)."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "builds"
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_BUILDER, str(tmp_path / "c"),
+                               str(marker)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(__file__)))
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert marker.read_text().splitlines() == ["built"]
+    assert outs[0] == outs[1]
+    assert not [n for n in os.listdir(tmp_path / "c") if n.startswith(".tmp-")]
+
+
 def test_same_seed_same_stream_other_seed_other_stream(t5):
     a = _take(pipeline.InputPipeline(t5(seed=1), 8, prefetch=0), 3)
     b = _take(pipeline.InputPipeline(t5(seed=1), 8, prefetch=2), 3)
