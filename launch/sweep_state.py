@@ -36,6 +36,7 @@ from launch import sweep_spec
 
 MANIFEST = "sweep.json"
 JOB_DIR = "sweep"
+EXIT_CODE = "exit_code"  # in the job dir: the run's exit code, written by its job
 STATES = ("pending", "running", "done", "failed", "preempted")
 # SLURM job states (squeue -t all) -> ours. Finished states only matter when no exit_code file
 # says more (the batch script was killed before it could write one).
@@ -139,7 +140,7 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 def exit_code_path(run: sweep_spec.Run) -> str:
-    return os.path.join(job_dir(run), "exit_code")
+    return os.path.join(job_dir(run), EXIT_CODE)
 
 
 def read_exit_code(run: sweep_spec.Run) -> int | None:

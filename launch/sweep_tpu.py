@@ -205,8 +205,9 @@ def _wrap(line: str, *breaks: str) -> str:
 
 
 def _exit_file(run_name: str) -> str:
-    """A run's exit code file relative to the sweep root (sweep_state.exit_code_path)."""
-    return shlex.quote(os.path.join(run_name, sweep_state.JOB_DIR, "exit_code"))
+    """A run's exit code file relative to the sweep root, whose ROOT/NAME is its local_dir
+    (sweep_state.exit_code_path)."""
+    return shlex.quote(os.path.join(run_name, sweep_state.JOB_DIR, sweep_state.EXIT_CODE))
 
 
 def venv(tpu: dict) -> str:
