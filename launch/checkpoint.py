@@ -1,8 +1,11 @@
 """Orbax checkpoints: periodic async saves, retention, exact resume, re-sharding, warm starts.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,data}``. ``state`` is the train state
+Layout: ``WORKDIR/checkpoints/<step>/{state,data[,iterator]}``. ``state`` is the train state
 ``{"step", "params", "opt_state"}`` (every process writes the shards it holds); ``data`` is the
-input pipeline's JSON state, so a resumed run reads exactly the batches it has not consumed.
+input pipeline's JSON state, so a resumed run reads exactly the batches it has not consumed;
+``iterator`` (streaming seqio sources only) holds each process's tf.data iterator, written with
+``tf.train.Checkpoint`` while the save waits, so such a run resumes where it stopped instead of
+re-reading every batch it consumed (T5X checkpoints its input iterators the same way).
 
 Atomicity comes from orbax: a save is written under ``<step>.orbax-checkpoint-tmp-*`` and renamed
 to ``<step>`` only once every process has finished, so a run killed mid-save leaves a temporary
@@ -24,6 +27,7 @@ unreadable: reported, the previous step tried.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -41,6 +45,7 @@ import orbax.checkpoint as ocp
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+ITERATOR_ITEM = "iterator"
 FINGERPRINTS = "state_checksums"  # key of the data item holding the state's checksums
 
 
@@ -169,6 +174,46 @@ def _size_mb(path: str) -> float:
     return total / 2**20
 
 
+def _iterator_prefix(directory: Any) -> str:
+    return str(directory / f"process_{jax.process_index()}-of-{jax.process_count()}")
+
+
+class TfIteratorHandler(ocp.CheckpointHandler):
+    """Saves / restores this process's tf.data iterator (its file reading position and its
+    shuffle, packing and prefetch buffers) under ``process_<i>-of-<n>``.
+
+    A synchronous handler: orbax runs it before ``save`` returns, so the iterator is captured
+    at the step being saved while the trainer waits. TensorFlow is imported only here, and
+    only runs with a streaming source ever pass an iterator."""
+
+    def save(self, directory: Any, args: TfIteratorSave) -> None:
+        import tensorflow as tf
+
+        tf.train.Checkpoint(iterator=args.iterator).write(_iterator_prefix(directory))
+
+    def restore(self, directory: Any, args: TfIteratorRestore) -> Any:
+        import tensorflow as tf
+
+        prefix = _iterator_prefix(directory)
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise FileNotFoundError(f"{prefix}.index: no iterator saved by this process "
+                                    f"({jax.process_count()} processes)")
+        tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
+        return args.iterator
+
+
+@ocp.args.register_with_handler(TfIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class TfIteratorSave(ocp.args.CheckpointArgs):
+    iterator: Any
+
+
+@ocp.args.register_with_handler(TfIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class TfIteratorRestore(ocp.args.CheckpointArgs):
+    iterator: Any  # a fresh iterator of the same dataset, restored in place
+
+
 class Checkpointer:
     """An orbax ``CheckpointManager`` with pretrax's cadence, retention and fallback.
 
@@ -189,7 +234,7 @@ class Checkpointer:
             max_to_keep=keep, keep_period=keep_period or None, create=True,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(directory, options=options,
-                                             item_names=(STATE_ITEM, DATA_ITEM))
+                                             item_names=(STATE_ITEM, DATA_ITEM, ITERATOR_ITEM))
         _install_quiet_reporting()
 
     def all_steps(self) -> list[int]:
@@ -201,13 +246,20 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, step: int, state: Any, data_state: dict[str, Any]) -> bool:
-        """Starts an (async) save of ``step``; False if that step is already on disk."""
+    def save(self, step: int, state: Any, data_state: dict[str, Any],
+             iterator: Any = None) -> bool:
+        """Starts an (async) save of ``step``; False if that step is already on disk.
+
+        ``iterator``: the input's tf.data iterator, if it has one (written before this
+        returns)."""
         if step in self.manager.all_steps():
             return False
         data_state = {**data_state, FINGERPRINTS: fingerprints(state)}
-        args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
-                                     DATA_ITEM: ocp.args.JsonSave(data_state)})
+        items = {STATE_ITEM: ocp.args.StandardSave(state),
+                 DATA_ITEM: ocp.args.JsonSave(data_state)}
+        if iterator is not None:
+            items[ITERATOR_ITEM] = TfIteratorSave(iterator)
+        args = ocp.args.Composite(**items)
         with self._disk_errors(step):
             self.manager.wait_until_finished()  # a failed earlier async save surfaces here
             self._pending = step
@@ -287,6 +339,16 @@ class Checkpointer:
                 self.log(f"ERROR: {message}")
                 continue
             return step, restored[STATE_ITEM], data_state
+        return None
+
+    def restore_iterator(self, step: int, iterator: Any) -> str | None:
+        """Restores ``iterator`` in place from step ``step``'s iterator item; None on success,
+        else why it could not (the caller falls back to re-reading its batches)."""
+        try:
+            self.manager.restore(step, args=ocp.args.Composite(
+                **{ITERATOR_ITEM: TfIteratorRestore(iterator)}))
+        except Exception as error:  # noqa: BLE001 -- any failure means: re-read instead
+            return f"{type(error).__name__}: {str(error)[:300]}"
         return None
 
     def wait(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -159,6 +160,8 @@ class SyntheticInputs:
     """The objective's random ids as a pure function of (seed, batch index); state = batches
     handed out."""
 
+    tf_iterator = None  # nothing for the checkpoint to save beyond state()
+
     def __init__(self, make_batch: Callable[[np.random.Generator], HostBatch], seed: int,
                  sharding: Sharding, state: Mapping[str, Any] | None = None):
         self.make_batch, self.seed, self.sharding = make_batch, seed, sharding
@@ -184,6 +187,8 @@ class SyntheticInputs:
 class PipelineInputs:
     """``data.pipeline.InputPipeline`` with the state gathered over processes."""
 
+    tf_iterator = None  # its position is all in state()
+
     def __init__(self, examples: pipeline.IndexedExamples, config: Any, sharding: Sharding,
                  state: Mapping[str, Any] | None = None, prefetch: int | None = None):
         self.pipeline = pipeline.InputPipeline(
@@ -205,11 +210,18 @@ class PipelineInputs:
 
 
 class SeqioInputs:
-    """``seqio.get_dataset`` batches of this process's shard; state = batches handed out."""
+    """``seqio.get_dataset`` batches of this process's shard; state = batches handed out.
+
+    The tf.data iterator itself is saved with each checkpoint (``tf_iterator``); a resume
+    restores it through ``restore_iterator`` and continues exactly where it stopped. Without a
+    saved iterator (a checkpoint from before it was saved, or an unreadable one) the dataset
+    skips the batches consumed, which tf.data does by reading them again."""
 
     def __init__(self, config: Any, objective: Objective, split: SeqioSplit,
-                 sharding: Sharding, state: Mapping[str, Any] | None = None):
+                 sharding: Sharding, state: Mapping[str, Any] | None = None,
+                 restore_iterator: Callable[[Any], str | None] | None = None):
         import seqio
+        import tensorflow as tf
 
         if objective.feature_converter is None:
             raise ValueError(f"config.data.task={split.task!r} is read by tf.data, which "
@@ -226,42 +238,68 @@ class SeqioInputs:
         self.task, self.sharding = split.task, sharding
         self.batches = int(state["batches"]) if state else 0
         batch = config.data.batch_size
-        rows = batch // processes
-        lengths = dict(objective.feature_lengths)
-        dataset = seqio.get_dataset(
-            split.task, task_feature_lengths=lengths, dataset_split=split.split,
-            shuffle=split.split == "train", num_epochs=None, seed=config.seed, use_cached=False,
-            shard_info=seqio.ShardInfo(jax.process_index(), processes),
-            feature_converter=objective.feature_converter(config.data.pack))
-        dataset = dataset.batch(rows, drop_remainder=True).skip(self.batches)
-        self._iterator = dataset.prefetch(max(config.data.prefetch, 1)).as_numpy_iterator()
         self._shape = (batch,)
+
+        def open_at(skip: int) -> Any:
+            # A new dataset each time: every iterator of one dataset object draws another
+            # shuffle order from the shared seed, so a discarded iterator would move the next.
+            dataset = seqio.get_dataset(
+                split.task, task_feature_lengths=dict(objective.feature_lengths),
+                dataset_split=split.split, shuffle=split.split == "train", num_epochs=None,
+                seed=config.seed, use_cached=False,
+                shard_info=seqio.ShardInfo(jax.process_index(), processes),
+                feature_converter=objective.feature_converter(config.data.pack),
+            ).batch(batch // processes, drop_remainder=True)
+            if skip:
+                dataset = dataset.skip(skip)
+            # A Python function in a task's preprocessors has state tf.data cannot save: save
+            # the rest with a warning (a pure function resumes exactly) rather than fail saves.
+            options = tf.data.Options()
+            options.experimental_external_state_policy = (
+                tf.data.experimental.ExternalStatePolicy.WARN)
+            return iter(dataset.with_options(options).prefetch(max(config.data.prefetch, 1)))
+
+        # A saved iterator restores only into the dataset it came from: the same skip.
+        self.skipped = int(state.get("skipped", 0)) if state else 0
+        self.tf_iterator = open_at(self.skipped)
+        if self.batches and self.skipped != self.batches:
+            why = (restore_iterator(self.tf_iterator) if restore_iterator is not None
+                   else "no checkpoint to restore it from")
+            if why is not None:
+                logging.warning("no data iterator restored (%s); re-reading the %d batches "
+                                "consumed", why, self.batches)
+                self.skipped = self.batches
+                self.tf_iterator = open_at(self.skipped)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        local = next(self._iterator)
+        local = next(self.tf_iterator)
         self.batches += 1
         return {k: jax.make_array_from_process_local_data(
-            self.sharding, np.asarray(v, np.int32), self._shape + v.shape[1:])
+            self.sharding, np.asarray(v, np.int32), self._shape + tuple(v.shape[1:]))
             for k, v in local.items()}
 
     def state(self) -> dict[str, Any]:
         return {"source": "seqio", "task": self.task, "processes": jax.process_count(),
-                "batches": self.batches}
+                "batches": self.batches, "skipped": self.skipped}
 
     def close(self) -> None:
-        self._iterator = None
+        self.tf_iterator = None
 
 
 def make_inputs(config: Any, objective: Objective,
                 examples: pipeline.IndexedExamples | SeqioSplit | None, sharding: Sharding,
                 state: Mapping[str, Any] | None = None, prefetch: int | None = None,
-                split: str = "train") -> SyntheticInputs | PipelineInputs | SeqioInputs:
-    """The batch iterator for ``examples`` (from :func:`make_examples`), resumed at ``state``."""
+                split: str = "train", restore_iterator: Callable[[Any], str | None] | None = None,
+                ) -> SyntheticInputs | PipelineInputs | SeqioInputs:
+    """The batch iterator for ``examples`` (from :func:`make_examples`), resumed at ``state``.
+
+    ``restore_iterator(tf_iterator)`` restores a tf.data iterator saved with the checkpoint
+    (None on success, else why not); only streaming seqio sources have one."""
     if isinstance(examples, SeqioSplit):
-        return SeqioInputs(config, objective, examples, sharding, state)
+        return SeqioInputs(config, objective, examples, sharding, state, restore_iterator)
     if examples is None:
         seed = config.seed + (0 if split == "train" else _SYNTHETIC_VALIDATION_OFFSET)
         return SyntheticInputs(objective.synthetic_batch, seed, sharding, state)

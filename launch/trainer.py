@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import math
 import os
@@ -319,8 +320,10 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
 
         # ===== Input pipelines =====
         batch_sharding = program.batch_sharding
-        train_inputs = inputs_lib.make_inputs(config, objective, train_examples, batch_sharding,
-                                              data_state)
+        train_inputs = inputs_lib.make_inputs(
+            config, objective, train_examples, batch_sharding, data_state,
+            restore_iterator=(functools.partial(checkpointer.restore_iterator, start_step)
+                              if restored is not None else None))
         eval_examples = (inputs_lib.make_examples(config, objective, "validation")
                          if config.train.eval_every > 0 or config.train.showcase else None)
         if getattr(train_examples, "truncated", 0):
@@ -389,7 +392,7 @@ def _train(config: Any, workdir: str) -> dict[str, Any]:
         throughput.restart()
 
     def save(step: int) -> None:
-        if checkpointer.save(step, state, train_inputs.state()):
+        if checkpointer.save(step, state, train_inputs.state(), train_inputs.tf_iterator):
             log(f"saving checkpoint {checkpointer.directory}/{step}")
 
     # ===== The loop =====

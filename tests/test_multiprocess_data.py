@@ -111,3 +111,75 @@ def test_two_processes_build_the_same_global_batches(tmp_path):
     # global_state() gathers every stream's position: identical everywhere, equal to 1 x 8.
     assert info[0]["state"] == info[1]["state"] == ref_state
     assert sorted(map(int, info[0]["state"]["streams"])) == list(range(BATCH))
+
+
+ITERATOR_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    address, pid, directory, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    jax.distributed.initialize(coordinator_address=address, num_processes=2, process_id=pid,
+                               initialization_timeout=60, shutdown_timeout_seconds=30)
+    import tensorflow as tf
+    from launch import checkpoint as ckpt_lib
+
+    def iterator():  # this process's shard, shuffled, batched and prefetched
+        dataset = tf.data.Dataset.range(1000).shard(2, pid).shuffle(50, seed=3).batch(4)
+        return iter(dataset.prefetch(2))
+
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("d",)), PartitionSpec())
+    state = {"step": jax.make_array_from_callback((), replicated, lambda i: np.int32(5))}
+    it = iterator()
+    for _ in range(5):
+        next(it)
+    saver = ckpt_lib.Checkpointer(directory, every=1, keep=2, log=lambda m: None)
+    saver.save(5, state, {"batches": 5}, it)
+    saver.close()
+    expected = [next(it).numpy().tolist() for _ in range(3)]
+
+    loader = ckpt_lib.Checkpointer(directory, every=1, keep=2, log=lambda m: None)
+    step, _, data_state = loader.restore(ckpt_lib.abstract_like(state, {"step": replicated}))
+    fresh = iterator()
+    why = loader.restore_iterator(step, fresh)
+    got = [next(fresh).numpy().tolist() for _ in range(3)]
+    loader.close()
+    with open(out, "w") as f:
+        json.dump({"step": step, "why": why, "expected": expected, "got": got}, f)
+    jax.distributed.shutdown()
+""")
+
+
+def test_two_processes_each_restore_their_own_data_iterator(tmp_path):
+    """Each process of a 2-process job saves its tf.data iterator into the same orbax step and
+    restores its own: the next batches are the ones it would have read."""
+    script = tmp_path / "worker.py"
+    script.write_text(ITERATOR_WORKER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    address = f"127.0.0.1:{free_port()}"
+    directory = str(tmp_path / "checkpoints")
+    outs = [str(tmp_path / f"out{i}.json") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(script), address, str(i), directory, outs[i]],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.returncode == 0, log[-3000:]
+    saved = os.listdir(os.path.join(directory, "5", "iterator"))
+    assert sorted(f for f in saved if f.startswith("process_")) == [
+        f"process_{i}-of-2.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")]
+    results = [json.load(open(out)) for out in outs]
+    for pid, result in enumerate(results):
+        assert result["step"] == 5 and result["why"] is None
+        assert result["got"] == result["expected"]
+        assert all(x % 2 == pid for batch in result["got"] for x in batch)  # its own shard

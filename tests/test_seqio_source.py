@@ -5,11 +5,16 @@ source gives; any other task (here T5's streaming recipe over an in-memory sourc
 for TFDS C4) goes through ``seqio.get_dataset`` and must resume where it stopped.
 """
 
+import json
+import logging
+import shutil
+
 import jax
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
+from etils import epath
 
 from configs import t5 as t5_configs
 from data import bundled, sources, tasks
@@ -82,7 +87,8 @@ def test_streaming_task_batches_and_exact_resume(stream_task):
     assert not np.array_equal(batches[0]["encoder_input_tokens"],
                               batches[1]["encoder_input_tokens"])
     _, state = _take(config, 1)
-    assert state == {"source": "seqio", "task": stream_task, "processes": 1, "batches": 1}
+    assert state == {"source": "seqio", "task": stream_task, "processes": 1, "batches": 1,
+                     "skipped": 0}
     with pytest.raises(ValueError, match="processes=2, this run processes=1"):
         _take(config, 1, state={**state, "processes": 2})
     resumed, _ = _take(config, 2, state=state)
@@ -119,3 +125,71 @@ def test_seqio_source_errors():
     config.model.vocab_size = 512
     with pytest.raises(ValueError, match="vocab_size=512"):
         _examples(config)
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r}
+
+
+def _saved_data_state(workdir, step):
+    with open(workdir / "checkpoints" / str(step) / "data" / "metadata") as f:
+        return json.load(f)
+
+
+def test_streaming_resume_restores_the_saved_iterator(stream_task, tmp_path, caplog):
+    """A resumed streaming run continues from the tf.data iterator saved with the checkpoint
+    (no re-reading: nothing skipped) and trains on the very batches of an uninterrupted run;
+    a checkpoint without it falls back to skipping, with a warning, to the same batches."""
+    config = _config(source="seqio", task=stream_task)
+    config.train.steps = 4
+    config.train.eval_every = 0
+    config.train.peak_flops = 1e9
+    config.train.tensorboard = False
+    config.checkpoint.every = 2
+    config.checkpoint.async_save = False
+    trainer.train(config, str(tmp_path / "straight"))
+    expected = _losses(tmp_path / "straight")
+    assert sorted(expected) == [1, 2, 3, 4]
+
+    restored, skipped = tmp_path / "restored", tmp_path / "skipped"
+    config.train.steps = 2
+    trainer.train(config, str(restored))
+    assert (restored / "checkpoints" / "2" / "iterator" / "process_0-of-1.index").is_file()
+    shutil.copytree(restored, skipped)
+    shutil.rmtree(skipped / "checkpoints" / "2" / "iterator")
+
+    config.train.steps = 4
+    trainer.train(config, str(restored))
+    assert _saved_data_state(restored, 4)["batches"] == 4
+    assert _saved_data_state(restored, 4)["skipped"] == 0  # restored, not re-read
+    with caplog.at_level(logging.WARNING):
+        trainer.train(config, str(skipped))
+    assert "no data iterator restored" in caplog.text
+    assert "re-reading the 2 batches consumed" in caplog.text
+    assert _saved_data_state(skipped, 4)["skipped"] == 2
+    for workdir in (restored, skipped):
+        assert _losses(workdir) == expected, workdir.name
+
+
+def test_iterator_with_python_function_still_checkpoints(tmp_path):
+    """tf.data cannot save a py_function's state; the save keeps the rest (with a warning)
+    rather than failing, and a pure function resumes exactly."""
+    from launch import checkpoint as ckpt_lib
+
+    def twice(x):
+        return tf.py_function(lambda v: v * 2, [x], tf.int64)
+
+    def make():
+        options = tf.data.Options()
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.WARN)
+        dataset = tf.data.Dataset.range(100).map(twice).shuffle(10, seed=1).batch(4)
+        return iter(dataset.with_options(options).prefetch(2))
+
+    it = make()
+    next(it)
+    handler = ckpt_lib.TfIteratorHandler()
+    handler.save(epath.Path(tmp_path), ckpt_lib.TfIteratorSave(it))
+    resumed = handler.restore(epath.Path(tmp_path), ckpt_lib.TfIteratorRestore(make()))
+    for _ in range(3):
+        np.testing.assert_array_equal(next(resumed).numpy(), next(it).numpy())
