@@ -136,9 +136,9 @@ ITERATOR_WORKER = textwrap.dedent("""
     for _ in range(5):
         next(it)
     saver = ckpt_lib.Checkpointer(directory, every=1, keep=2, log=lambda m: None)
-    saver.save(5, state, {"batches": 5}, it)
+    saver.save(5, state, {"batches": 5}, it)  # async: the arrays are written after it returns
+    expected = [next(it).numpy().tolist() for _ in range(3)]  # ... the iterator before
     saver.close()
-    expected = [next(it).numpy().tolist() for _ in range(3)]
 
     loader = ckpt_lib.Checkpointer(directory, every=1, keep=2, log=lambda m: None)
     step, _, data_state = loader.restore(ckpt_lib.abstract_like(state, {"step": replicated}))

@@ -146,7 +146,6 @@ def test_streaming_resume_restores_the_saved_iterator(stream_task, tmp_path, cap
     config.train.peak_flops = 1e9
     config.train.tensorboard = False
     config.checkpoint.every = 2
-    config.checkpoint.async_save = False
     trainer.train(config, str(tmp_path / "straight"))
     expected = _losses(tmp_path / "straight")
     assert sorted(expected) == [1, 2, 3, 4]
