@@ -38,12 +38,14 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from launch import sweep_spec, sweep_tpu
+from configs import common
+from launch import sweep_spec, sweep_state, sweep_tpu
 from launch.sweep_spec import Stage, Sweep, SweepError, named, product, seeds
 
 SCALES = ("laptop", "paper")
@@ -380,6 +382,69 @@ def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
+# Reusing runs another table already made.
+# ---------------------------------------------------------------------------------------------
+REUSED = "reused.json"  # in a copied run's job dir: where it was copied from, and when
+_NOT_COPIED = {"lock.json", os.path.join(sweep_state.JOB_DIR, "job.json"),
+               os.path.join(sweep_state.JOB_DIR, "jobs.jsonl")}
+
+
+def _config_of(path: str) -> dict[str, Any] | None:
+    path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _job_files_of(source: str) -> Any:
+    """copytree's ``ignore``: the source's lock and job records (the copy has no job)."""
+    return lambda folder, names: [n for n in names if os.path.relpath(
+        os.path.join(folder, n), source) in _NOT_COPIED]
+
+
+def reuse_finished(runs: Sequence[Any], sources: Sequence[str],
+                   log: Any = print) -> dict[str, str]:
+    """Copies into this sweep each finished run of the table roots ``sources`` that is one of
+    its runs: the same resolved config, a fine-tuning run's ``init_from`` read as the run its
+    parent was copied from (so a fine-tune is reused only on top of a reused pretraining run).
+    Tables share rows (T5 Table 6's 15% is Table 7's i.i.d.; ELECTRA Table 5's ELECTRA and
+    BERT rows are the compute curve's full budgets; the from-scratch runs are in every table).
+
+    A copy keeps the run's metrics, checkpoints and log, gets this sweep's config.json (which
+    differs at most in ``init_from``: a byte-for-byte copy of the parent it names) and records
+    its source in ``sweep/reused.json``. Runs already started here are left alone. Returns
+    {run name: source run directory}."""
+    finished: list[tuple[dict[str, Any], str]] = []
+    for source in sources:
+        for run in sweep_state.read_manifest(source)[1]:
+            config = _config_of(run.local_dir)
+            if config is not None and sweep_state.is_done(run):
+                finished.append((config, run.workdir))
+    copied: dict[str, str] = {}
+    workdirs = {run.name: run.workdir for run in runs}
+    for run in sorted(runs, key=lambda r: r.after is not None):  # parents first
+        if sweep_state.started(run):
+            continue
+        want = json.loads(common.config_json(run.resolved))
+        if run.after is not None:
+            if run.after not in copied or want["train"]["init_from"] != workdirs[run.after]:
+                continue
+            want["train"]["init_from"] = copied[run.after]
+        match = next((path for config, path in finished if config == want), None)
+        if match is None:
+            continue
+        shutil.copytree(match, run.workdir, dirs_exist_ok=True, ignore=_job_files_of(match))
+        common.write_config(run.resolved, run.local_dir)
+        os.makedirs(sweep_state.job_dir(run), exist_ok=True)
+        with open(os.path.join(sweep_state.job_dir(run), REUSED), "w") as f:
+            json.dump({"source": match, "date": time.strftime("%Y-%m-%d %H:%M")}, f)
+        copied[run.name] = match
+        log(f"{run.name}: reused {match}")
+    return copied
+
+
+# ---------------------------------------------------------------------------------------------
 # The report.
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -417,7 +482,6 @@ def _parse_name(name: str) -> dict[str, str]:
 
 def cells(root: str, table: Table) -> list[Cell]:
     from launch import metrics as metrics_lib
-    from launch import sweep_state
 
     _, runs = sweep_state.read_manifest(root)
     out = []
@@ -469,8 +533,8 @@ def paired_t(diffs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _diffs(scores: dict[str, dict[int, float]], a: str, b: str) -> list[float]:
-    common = sorted(set(scores.get(a, {})) & set(scores.get(b, {})))
-    return [scores[a][s] - scores[b][s] for s in common]
+    paired = sorted(set(scores.get(a, {})) & set(scores.get(b, {})))
+    return [scores[a][s] - scores[b][s] for s in paired]
 
 
 def _evidence(diffs: Sequence[float]) -> str:
@@ -516,7 +580,6 @@ def as_good_as_any(scores: dict[str, dict[int, float]], row: str, others: Sequen
 
 def _flops(root: str, runs: Sequence[Any]) -> dict[str, float]:
     """row -> pretraining FLOPs (the objective's model FLOPs per step x steps)."""
-    from configs import common
     from objectives import registry
 
     out = {}
@@ -570,8 +633,6 @@ def compute_claims(table: Table, scores: dict[str, dict[int, float]], flops: dic
 
 def report(root: str, table_name: str) -> str:
     """Writes ROOT/table.md, ROOT/pretraining.png and ROOT/downstream.png; returns the markdown."""
-    from launch import sweep_state
-
     table = TABLES[table_name]
     if not os.path.isfile(os.path.join(root, sweep_state.MANIFEST)):
         raise SweepError(f"{root} holds no table: run python -m launch.reproduce {table_name} "
@@ -618,9 +679,9 @@ def report(root: str, table_name: str) -> str:
         if mine:
             mean, std = _mean_std(list(mine.values()))
             cols.append(f"**{mean:.2f}** +- {std:.2f}")
-            common = sorted(set(mine) & set(base))
-            if common and row_name != table.baseline:
-                diff, dstd = _mean_std([mine[s] - base[s] for s in common])
+            paired = sorted(set(mine) & set(base))
+            if paired and row_name != table.baseline:
+                diff, dstd = _mean_std([mine[s] - base[s] for s in paired])
                 cols.append(f"{diff:+.2f} +- {dstd:.2f}")
             else:
                 cols.append("-")
@@ -724,12 +785,9 @@ def _finish(fig: Any, ax: Any, title: str, path: str) -> None:
 
 def export(root: str, dest: str) -> list[str]:
     """Copies what a committed table needs into ``dest``: the table, figures, cells, wall
-    times, and each run's config.json, metrics.jsonl and log (no checkpoints), keeping the
-    run folders' names so the table's links resolve there."""
-    import shutil
-
-    from launch import sweep_state
-
+    times, and each run's config.json, metrics.jsonl, log and (for a run copied from another
+    table by ``--reuse``) where it came from; no checkpoints. The run folders keep their names
+    so the table's links resolve there."""
     copied = []
     _, runs = sweep_state.read_manifest(root)
     names = ["table.md", "pretraining.png", "downstream.png", CELLS, "reproduce.json",
@@ -737,7 +795,8 @@ def export(root: str, dest: str) -> list[str]:
     files = [(os.path.join(root, n), os.path.join(dest, n)) for n in names]
     for run in runs:
         rel = os.path.relpath(run.local_dir, root)
-        for name in ("config.json", "metrics.jsonl", os.path.join("sweep", "train.log")):
+        for name in ("config.json", "metrics.jsonl", os.path.join("sweep", "train.log"),
+                     os.path.join(sweep_state.JOB_DIR, REUSED)):
             files.append((os.path.join(run.local_dir, name), os.path.join(dest, rel, name)))
     for source, target in files:
         if os.path.isfile(source):
@@ -842,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", metavar="DIR",
                         help="after the report, compare every cell with a committed table "
                              "(e.g. docs/tables/t5_table7_laptop)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="ROOT",
+                        help="local: copy in the finished runs of another table's --root that "
+                             "this table would run with the same config (repeatable)")
     parser.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
     parser.add_argument("--execute", action="store_true", help="tpu_vm: run the scripts")
     parser.add_argument("--git_url", help="tpu_vm: the repository the workers install")
@@ -861,7 +923,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.validation_files or args.vocab:
         call.update(validation_files=args.validation_files, vocab=args.vocab)
     # Fails here, before anything is written, on a bad table, key or value.
-    sweep_spec.expand(build_sweep(**call), root, "launch.reproduce")
+    runs = sweep_spec.expand(build_sweep(**call), root, "launch.reproduce")
+    if args.reuse and (args.backend != "local" or args.dry_run):
+        raise SweepError("--reuse copies finished runs on this machine: use it with "
+                         "--backend=local and without --dry_run")
+    for source in args.reuse:
+        if not os.path.isfile(os.path.join(source, sweep_state.MANIFEST)):
+            raise SweepError(f"--reuse={source}: no {sweep_state.MANIFEST} there (expected the "
+                             "--root of another table's sweep)")
     if (args.seeds or 2) < 2:
         print("WARNING: one seed per row: every conclusion will read 'inconclusive'",
               file=sys.stderr)
@@ -881,6 +950,9 @@ def main(argv: list[str] | None = None) -> int:
             flags[0] = f"--sweep={sweep_file}"
             return sweep.main(["launch", *flags, "--dry_run"])
     os.makedirs(root, exist_ok=True)
+    if args.reuse:
+        reused = reuse_finished(runs, [os.path.abspath(r) for r in args.reuse])
+        print(f"reused {len(reused)} of {len(runs)} runs from {', '.join(args.reuse)}")
     _write_sweep_file(sweep_file, args, call)
     start = time.time()
     code = sweep.main(["launch", *flags])

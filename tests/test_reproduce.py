@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import pytest
 
 from launch import reproduce, sweep_spec
+from launch.sweep_spec import SweepError
 from tests.helpers import REPO, cli_env
 
 
@@ -344,3 +346,49 @@ def test_report_on_hand_written_runs(tmp_path):
         "reproduced", "+10.67 +- 0.58 (3 seeds; t = 32.00, needs 2.92)"]
     with pytest.raises(sweep_spec.SweepError, match="not t5_table6"):
         reproduce.report(root, "t5_table6")
+
+
+def test_reuse_copies_the_runs_another_table_finished(tmp_path, monkeypatch):
+    """A table's runs that another table already finished with the same config are copied,
+    not run again: a pretraining row and its fine-tunes (only on top of the copied parent) and
+    the from-scratch runs; the rest runs. Two one-seed tables of tiny ELECTRA rows."""
+    from launch import metrics as metrics_lib
+    from launch import sweep_state
+
+    five = reproduce.TABLES["electra_table5"]
+    row = {r.name: r for r in five.rows}
+    tables = {"src": dataclasses.replace(five, name="src", rows=(row["mlm"],), claims=()),
+              "dst": dataclasses.replace(five, name="dst", rows=(row["electra"], row["mlm"]),
+                                         claims=())}
+    monkeypatch.setattr(reproduce, "TABLES", {**reproduce.TABLES, **tables})
+    for key, value in cli_env(1).items():
+        monkeypatch.setenv(key, value)
+    source, dest = tmp_path / "src", tmp_path / "dst"
+    assert reproduce.main(["src", "--smoke", "--seeds=1", f"--root={source}"]) == 0
+    with pytest.raises(SweepError, match="--reuse=.*no sweep.json there"):
+        reproduce.main(["dst", "--smoke", "--seeds=1", f"--root={dest}", f"--reuse={dest}"])
+    assert not dest.exists()  # refused before anything was written
+    assert reproduce.main(["dst", "--smoke", "--seeds=1", f"--root={dest}",
+                           f"--reuse={source}"]) == 0
+
+    _, runs = sweep_state.read_manifest(str(dest))
+    reused = {r.name: os.path.join(r.local_dir, "sweep", reproduce.REUSED) for r in runs}
+    copied = sorted(name for name, path in reused.items() if os.path.isfile(path))
+    assert copied == ["finetune/mlm,seed=0,wn_lexname", "finetune/scratch,seed=0,wn_lexname",
+                      "pretrain/mlm,seed=0"]
+    for run in runs:
+        mine = metrics_lib.read_metrics(run.workdir)
+        assert sweep_state.is_done(run), run.name
+        if run.name in copied:
+            theirs = metrics_lib.read_metrics(str(source / os.path.relpath(run.workdir, dest)))
+            assert mine == theirs, run.name
+            with open(reused[run.name]) as f:
+                assert json.load(f)["source"] == str(source / os.path.relpath(run.workdir,
+                                                                              dest))
+            assert not os.path.exists(os.path.join(run.local_dir, "sweep", "job.json"))
+        else:  # ran here: its own job record
+            assert os.path.isfile(os.path.join(run.local_dir, "sweep", "job.json")), run.name
+    # The copied fine-tune's config names this table's (copied) parent.
+    with open(dest / "finetune" / "mlm,seed=0,wn_lexname" / "config.json") as f:
+        assert json.load(f)["train"]["init_from"] == str(dest / "pretrain" / "mlm,seed=0")
+    assert "pending" not in (dest / "table.md").read_text()
