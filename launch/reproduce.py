@@ -369,9 +369,15 @@ def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
                   for row in table.rows})
     tasks = named({task: {"config.data.task": task, **scale.per_task.get(task, {})}
                    for task in scale.tasks})
-    finetune_fixed = {**scale.finetune_fixed, **{k: v for k, v in fixed.items()
-                                                 if not k.startswith("config.")},
+    # Fine-tuning's settings, later layers winning: the backend's paper-scale defaults, the
+    # fine-tuning defaults (one node), the user's sweep-wide settings, then the user's finetune.*.
+    def settings_of(keys: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in keys.items() if not k.startswith("config.")}
+
+    finetune_fixed = {**scale.finetune_fixed,
+                      **(settings_of(PAPER_SETTINGS[backend]) if paper else {}),
                       **(PAPER_FINETUNE_SETTINGS.get(backend, {}) if paper else {}),
+                      **settings_of(shared),
                       **({"config.data.vocab_path": vocab} if electra_paper else {}), **tuning}
     return Sweep(
         name=f"{table_name}_{'smoke' if smoke else scale_name}", config=scale.pretrain,

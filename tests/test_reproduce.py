@@ -152,6 +152,17 @@ def test_paper_scale_t5_table_on_slurm(tmp_path):
     assert out.count("--config.model.dtype=bfloat16") == 132
     finetune = out[len(pretrain):]
     assert "#SBATCH --nodes=1" in finetune and "#SBATCH --nodes=2" not in finetune
+    assert "#SBATCH --time=2-00:00:00" in finetune
+    # A sweep-wide setting reaches both stages (over the fine-tuning defaults); a finetune.*
+    # one only fine-tuning, over everything.
+    out = _reproduce("t5_table6", "--scale=paper", "--backend=slurm", "--dry_run", "--seeds=1",
+                     "--set", "slurm.time=9-00:00:00", "--set", "finetune.slurm.nodes=3",
+                     f"--root={tmp_path}/t6").stdout
+    pretrain = out.split("\nfinetune/")[0]
+    finetune = out[len(pretrain):]
+    assert "#SBATCH --time=9-00:00:00" in pretrain and "#SBATCH --nodes=2" in pretrain
+    assert finetune.count("#SBATCH --time=9-00:00:00") == finetune.count("#SBATCH --nodes=3") > 0
+    assert "#SBATCH --time=2-00:00:00" not in finetune and "#SBATCH --nodes=1" not in finetune
 
 
 def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
