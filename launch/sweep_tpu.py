@@ -204,6 +204,9 @@ def _wrap(line: str, *breaks: str) -> str:
     return line
 
 
+PARENTS_CHECKED = "PRETRAX_PARENTS_CHECKED"  # set by launch(): the script's parents are done
+
+
 def _exit_file(run_name: str) -> str:
     """A run's exit code file relative to the sweep root, whose ROOT/NAME is its local_dir
     (sweep_state.exit_code_path)."""
@@ -222,8 +225,8 @@ def install_command(tpu: dict, git_url: str, git_ref: str) -> str:
     python = f"{venv(tpu)}/bin/python"
     return (f"set -e; [ -d ~/pretrax ] || git clone -q {shlex.quote(git_url)} ~/pretrax; "
             f"cd ~/pretrax; git fetch -q origin; git checkout -q {shlex.quote(git_ref)}; "
-            f"[ -x {UV} ] || curl -LsSf {UV_INSTALLER} | UV_UNMANAGED_INSTALL="
-            f"{os.path.dirname(UV)} sh; "
+            f"[ -x {UV} ] || {{ curl -LsSf {UV_INSTALLER} -o /tmp/uv-install.sh && "
+            f"UV_UNMANAGED_INSTALL={os.path.dirname(UV)} sh /tmp/uv-install.sh; }}; "
             f"[ -x {python} ] || {UV} venv -q --python {tpu['python']} {venv(tpu)}; "
             f"{UV} pip install -q --python {python} -e . {shlex.quote(PIP_JAX)}")
 
@@ -252,8 +255,10 @@ def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_re
     ]
     for parent in waits_for(runs):
         lines += [
-            f"# Runs here start from run {parent}'s checkpoints: only once it has exited 0.",
-            f'if [ "$(cat "$SWEEP_ROOT"/{_exit_file(parent)} 2>/dev/null)" != 0 ]; then',
+            f"# Runs here start from run {parent}'s checkpoints: only once it has exited 0 (or",
+            f"# once `launch.sweep` found it done, which it then says in {PARENTS_CHECKED}).",
+            f'if [ "${{{PARENTS_CHECKED}:-}}" != 1 ] && '
+            f'[ "$(cat "$SWEEP_ROOT"/{_exit_file(parent)} 2>/dev/null)" != 0 ]; then',
             f'  echo "not started: run {parent} has not finished (no exit code 0 in '
             f'$SWEEP_ROOT/{_exit_file(parent)}); run its script first" >&2',
             "  exit 3",
@@ -366,8 +371,12 @@ def launch(runs: Sequence[Run], all_runs: Sequence[Run], sweep_name: str,
             if os.path.exists(sweep_state.exit_code_path(run)):
                 os.remove(sweep_state.exit_code_path(run))
         with open(path[:-3] + ".log", "a") as log:
+            # Its parents are done by sweep_state's rule (checked below), which the script's
+            # own exit-code test must not overrule (a run that saved its last step, then
+            # exited non-zero, is done).
             process = subprocess.Popen(["bash", path], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+                                       stdin=subprocess.DEVNULL,
+                                       env={**os.environ, PARENTS_CHECKED: "1"})
         for run in groups[name]:
             sweep_state.record_job(run, "tpu_vm", name, pid=process.pid, script=path)
         active[name] = process
@@ -386,7 +395,9 @@ def launch(runs: Sequence[Run], all_runs: Sequence[Run], sweep_name: str,
             undone = {p: s for p, s in states.items() if s is None or s.state != "done"}
             if undone:
                 blocked += 1
-                again = all(s and s.state in ("failed", "preempted") for s in undone.values())
+                # retry also brings back a chain: failed runs, then the ones that waited on them
+                again = all(s and s.state in ("failed", "preempted", "pending")
+                            for s in undone.values())
                 them = "it" if len(undone) == 1 else "them"
                 print(f"{name}: not started: it waits for "
                       + ", ".join(f"run {p} ({s.state}{f', {s.detail}' if s.detail else ''})"

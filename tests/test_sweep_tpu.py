@@ -101,8 +101,9 @@ def _stand_in(tmp_path, **env):
 
 INSTALL = (
     "set -e; [ -d ~/pretrax ] || git clone -q https://github.com/example/pretrax.git ~/pretrax; "
-    "cd ~/pretrax; git fetch -q origin; git checkout -q 6d0d24e; [ -x ~/.local/bin/uv ] || curl "
-    "-LsSf https://astral.sh/uv/install.sh | UV_UNMANAGED_INSTALL=~/.local/bin sh; [ -x "
+    "cd ~/pretrax; git fetch -q origin; git checkout -q 6d0d24e; [ -x ~/.local/bin/uv ] || { curl "
+    "-LsSf https://astral.sh/uv/install.sh -o /tmp/uv-install.sh && UV_UNMANAGED_INSTALL="
+    "~/.local/bin sh /tmp/uv-install.sh; }; [ -x "
     "~/pretrax-py3.11/bin/python ] || ~/.local/bin/uv venv -q --python 3.11 ~/pretrax-py3.11; "
     "~/.local/bin/uv pip install -q --python ~/pretrax-py3.11/bin/python -e . "
     "'jax[tpu]>=0.10,<0.13'")
@@ -228,6 +229,28 @@ def test_a_fine_tune_waits_until_its_pretraining_run_is_done(tmp_path):
     assert "2 runs: 2 done" in sweep_run("status", "--root", str(root))
 
 
+def test_a_parent_that_saved_its_last_step_and_then_failed_is_done(tmp_path):
+    """The scheduler's rule (final checkpoint and metrics: done, whatever the exit code) is the
+    one that decides; the script's own exit-code guard does not overrule it."""
+    sweep_file, root = _two_stages(tmp_path)
+    env, record = _stand_in(tmp_path, GCLOUD_FAIL_ONCE="PRETRAX_JOB_ID=ft/pretrain/seed=0 ",
+                            GCLOUD_FAIL_CODE="1")
+    sweep_run("--sweep", sweep_file, "--root", str(root), "--backend=tpu_vm", "--execute",
+              *GIT, env=env, check=False)
+    # As if it saved its last step, then crashed on the way out (exit 1 recorded).
+    with open(root / "pretrain" / "seed=0" / "config.json") as f:
+        steps = json.load(f)["train"]["steps"]
+    workdir = tmp_path / "bucket" / "ft" / "pretrain" / "seed=0"
+    (workdir / "checkpoints" / str(steps)).mkdir(parents=True)
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "loss": 1.0}) + "\n")
+    assert "1 done" in sweep_run("status", "--root", str(root))
+    record.unlink()
+    out = sweep_run("launch", "--root", str(root), "--execute", *GIT, env=env)
+    assert "pretrax-ft-1: finished (exit 0)" in out and "pretrax-ft-0" not in out
+    train = [c[-1] for c in _calls(record) if c[3] == "ssh" and "launch.train" in c[-1]]
+    assert len(train) == 1 and "PRETRAX_JOB_ID=ft/finetune/seed=0 " in train[0]
+
+
 def test_a_fine_tune_on_its_pretraining_runs_slice_runs_only_after_it_succeeded(tmp_path):
     sweep_file, root = _two_stages(tmp_path, **{"tpu.slice": "ft-both"})
     env, record = _stand_in(tmp_path, GCLOUD_FAIL_ONCE="PRETRAX_JOB_ID=ft/pretrain/seed=0 ",
@@ -326,7 +349,8 @@ def test_the_install_makes_a_python_3_11_venv_once(tmp_path, shell):
         """)
     stubs = {  # uv's installer, as curl serves it, puts uv where UV_UNMANAGED_INSTALL says
         "git": f'echo "git $*" >> {log}; [ "$1" != clone ] || mkdir -p "$4"',
-        "curl": f'echo "curl $*" >> {log}; cat {bin_dir}/installer.sh',
+        "curl": f'echo "curl $*" >> {log}; while [ "$1" != -o ]; do shift; done; '
+                f'cat {bin_dir}/installer.sh > "$2"',
         "installer.sh": f'mkdir -p "$UV_UNMANAGED_INSTALL"; cp {bin_dir}/uv.real '
                         '"$UV_UNMANAGED_INSTALL/uv"',
     }
@@ -349,7 +373,7 @@ def test_the_install_makes_a_python_3_11_venv_once(tmp_path, shell):
     assert log.read_text().splitlines() == [
         f"git clone -q https://github.com/example/pretrax.git {home}/pretrax",
         "git fetch -q origin", "git checkout -q 6d0d24e",
-        "curl -LsSf https://astral.sh/uv/install.sh",
+        "curl -LsSf https://astral.sh/uv/install.sh -o /tmp/uv-install.sh",
         f"uv venv -q --python 3.11 {venv}", pip,
         # the rerun: the same commit, nothing reinstalled but pretrax itself
         "git fetch -q origin", "git checkout -q 6d0d24e", pip]

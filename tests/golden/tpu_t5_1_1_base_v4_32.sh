@@ -16,7 +16,7 @@ trap 'gcloud compute tpus tpu-vm delete t5-base-v4-32 --project=my-project --zon
 # Install pretrax at the sweep's commit on every worker, in a Python 3.11 venv made by uv
 # (the image's python3 may be older than jax needs), then set the workers up.
 gcloud compute tpus tpu-vm ssh t5-base-v4-32 --project=my-project --zone=us-central2-b --worker=all \
-    --command="set -e; [ -d ~/pretrax ] || git clone -q https://github.com/example/pretrax.git ~/pretrax; cd ~/pretrax; git fetch -q origin; git checkout -q 6d0d24e; [ -x ~/.local/bin/uv ] || curl -LsSf https://astral.sh/uv/install.sh | UV_UNMANAGED_INSTALL=~/.local/bin sh; [ -x ~/pretrax-py3.11/bin/python ] || ~/.local/bin/uv venv -q --python 3.11 ~/pretrax-py3.11; ~/.local/bin/uv pip install -q --python ~/pretrax-py3.11/bin/python -e . 'jax[tpu]>=0.10,<0.13'" \
+    --command="set -e; [ -d ~/pretrax ] || git clone -q https://github.com/example/pretrax.git ~/pretrax; cd ~/pretrax; git fetch -q origin; git checkout -q 6d0d24e; [ -x ~/.local/bin/uv ] || { curl -LsSf https://astral.sh/uv/install.sh -o /tmp/uv-install.sh && UV_UNMANAGED_INSTALL=~/.local/bin sh /tmp/uv-install.sh; }; [ -x ~/pretrax-py3.11/bin/python ] || ~/.local/bin/uv venv -q --python 3.11 ~/pretrax-py3.11; ~/.local/bin/uv pip install -q --python ~/pretrax-py3.11/bin/python -e . 'jax[tpu]>=0.10,<0.13'" \
     || exit 1
 gcloud compute tpus tpu-vm ssh t5-base-v4-32 --project=my-project --zone=us-central2-b --worker=all '--command=mountpoint -q /mnt/gcs || (sudo mkdir -p /mnt/gcs && sudo gcsfuse --uid=$(id -u) --gid=$(id -g) --rename-dir-limit=200000 --implicit-dirs -o allow_other my-pretrax-bucket /mnt/gcs)' \
     || exit 1
