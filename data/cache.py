@@ -12,21 +12,26 @@ data.benchmark`` prints the measured times and sizes. data/examples.py cuts exam
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
+import functools
 import hashlib
+import io
 import json
+import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from data import electra_examples, sources
-
-# The model seqio's SentencePieceVocabulary wraps (same ids: tests compare the two), loaded
-# directly so the trainer's input path imports TensorFlow only for a gs:// (scheme) path.
 from data.vocab import load_sentencepiece, read_model
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pretrax", "tokens")
@@ -98,32 +103,88 @@ def _build_cache(paths: list[str], vocab_path: str, mode: str, fmt: str, field: 
     per cache, the others wait on a lock and then map its result)."""
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    build = functools.partial(_build_cache_locked, paths, vocab_path, mode, fmt, field, path,
+                              batch_documents)
     with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on close, or a crash
+        except BlockingIOError:
+            log.warning("waiting for another process to build the token cache %s (lock %s.lock)",
+                        path, path)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # e.g. Lustre without -o flock: build unlocked (jobs starting together each build
+            # it; the first to finish is kept)
+            log.warning("cannot lock %s.lock (%s): building the token cache without a lock",
+                        path, error)
+            build(locked=False)
+            return
         if not os.path.exists(os.path.join(path, "meta.json")):
-            _build_cache_locked(paths, vocab_path, mode, fmt, field, path, batch_documents)
+            build(locked=True)
 
 
 def _build_cache_locked(paths: list[str], vocab_path: str, mode: str, fmt: str, field: str,
-                        path: str, batch_documents: int) -> None:
+                        path: str, batch_documents: int, locked: bool) -> None:
+    """Builds into a temporary folder beside ``path`` and renames it: readers never see half
+    a cache, and a failed build leaves nothing behind. ``locked``: this process holds the
+    cache's lock, so temporary folders of the same cache are a crashed builder's: removed."""
     start = time.perf_counter()
     tokenizer = load_sentencepiece(vocab_path)
-    dtype = np.uint16 if tokenizer.get_piece_size() <= np.iinfo(np.uint16).max else np.int32
-    # Write to a temporary folder and rename: readers never see half a cache. Tokens stream to
-    # a raw file as they are made, so memory stays bounded by one batch whatever the corpus.
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
-    raw_path = os.path.join(tmp, "tokens.raw")
+    dtype = np.dtype(np.uint16 if tokenizer.get_piece_size() <= np.iinfo(np.uint16).max
+                     else np.int32)
+    parent, prefix = os.path.dirname(path), f".tmp-{os.path.basename(path)}-"
+    if locked:
+        for stale in os.listdir(parent):
+            if stale.startswith(prefix):
+                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    try:
+        meta = _write_cache(tmp, tokenizer, dtype, paths, vocab_path, mode, fmt, field,
+                            batch_documents)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta["build_seconds"] = round(time.perf_counter() - start, 3)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished first (without the lock): keep its cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(path, "meta.json")):
+            raise
+
+
+def _npy_header(dtype: np.dtype, length: int) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {
+        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+        "shape": (length,)})
+    return header.getvalue()
+
+
+def _write_cache(tmp: str, tokenizer: Any, dtype: np.dtype, paths: list[str], vocab_path: str,
+                 mode: str, fmt: str, field: str, batch_documents: int) -> dict[str, Any]:
+    """Writes tokens.npy, offsets.npy (and doc_offsets.npy) into ``tmp``; returns the meta.
+
+    Tokens stream into tokens.npy as they are made (memory stays at one batch of documents
+    whatever the corpus): a 1-D array's .npy header has the same size for any length, so it
+    is written once the length is known."""
+    header_size = len(_npy_header(dtype, 0))
     lengths: list[np.ndarray] = []  # one int64 array per batch
     doc_units: list[int] = []
     batch: list[str] = []
+    with open(os.path.join(tmp, "tokens.npy"), "wb") as out:
+        out.write(b"\0" * header_size)
 
-    with open(raw_path, "wb") as raw:
         def flush() -> None:
             if not batch:
                 return
             ids = tokenizer.encode(batch, num_threads=os.cpu_count() or 1)
             lengths.append(np.fromiter((len(x) for x in ids), np.int64, len(ids)))
-            raw.write(np.concatenate([np.asarray(x, dtype) for x in ids]).tobytes())
+            out.write(np.concatenate([np.asarray(x, dtype) for x in ids]).tobytes())
             batch.clear()
 
         stats = sources.ReadStats()
@@ -135,35 +196,22 @@ def _build_cache_locked(paths: list[str], vocab_path: str, mode: str, fmt: str, 
             if len(batch) >= batch_documents:
                 flush()
         flush()
-    unit_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        unit_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        total = int(unit_lengths.sum())
+        header = _npy_header(dtype, total)
+        if len(header) != header_size:  # numpy pads 1-D headers to one size; never seen
+            raise RuntimeError(f"token cache: .npy header of {total} tokens is {len(header)} "
+                               f"bytes, {header_size} were reserved")
+        out.seek(0)
+        out.write(header)
     offsets = np.zeros(len(unit_lengths) + 1, np.int64)
     np.cumsum(unit_lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    # The raw tokens into a .npy of the same bytes, block by block.
-    tokens = np.lib.format.open_memmap(os.path.join(tmp, "tokens.npy"), mode="w+", dtype=dtype,
-                                       shape=(total,))
-    block = 1 << 26
-    with open(raw_path, "rb") as raw:
-        for begin in range(0, total, block):
-            count = min(block, total - begin)
-            tokens[begin:begin + count] = np.fromfile(raw, dtype, count)
-    tokens.flush()
-    del tokens
-    os.remove(raw_path)
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
     if mode == "sentences":
         doc_offsets = np.zeros(len(doc_units) + 1, np.int64)
         np.cumsum(doc_units, out=doc_offsets[1:])
         np.save(os.path.join(tmp, "doc_offsets.npy"), doc_offsets)
-    meta = {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": total,
-            "units": len(unit_lengths), "documents": len(doc_units),
-            "dtype": np.dtype(dtype).name,
-            "build_seconds": round(time.perf_counter() - start, 3),
+    return {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": total,
+            "units": len(unit_lengths), "documents": len(doc_units), "dtype": dtype.name,
+            "build_seconds": None,
             "bytes": sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp))}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished first (without the lock): keep its cache
-        if not os.path.exists(os.path.join(path, "meta.json")):
-            raise

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from data import electra_examples, features
-from data.cache import CorpusTokens, load_sentencepiece, tokenize_corpus
+from data.cache import CorpusTokens, tokenize_corpus
+from data.vocab import load_sentencepiece
 from objectives import span_corruption
 from objectives.denoising import SPAN_CORRUPTION, Denoiser
 from objectives.span_corruption import example_rng

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from data import features
-from data.cache import load_sentencepiece
 from data.examples import IndexedExamples
+from data.vocab import load_sentencepiece
 
 KINDS = ("classification", "regression", "text_to_text")
 SPLITS = ("train", "validation", "test")

@@ -39,7 +39,6 @@ from data.cache import (
     CorpusTokens,
     cache_key,
     load_cache,
-    load_sentencepiece,
     tokenize_corpus,
 )
 from data.examples import (
@@ -51,9 +50,11 @@ from data.examples import (
     example_rngs,
     t5_examples,
 )
+from data.vocab import load_sentencepiece
 
 __all__ = [
-    # Re-exported from data/cache.py and data/examples.py: callers import them from here.
+    # Re-exported from data/cache.py, data/examples.py and data/vocab.py: callers import them
+    # from here.
     "CACHE_VERSION", "DEFAULT_CACHE_DIR", "CorpusTokens", "cache_key", "load_cache",
     "load_sentencepiece", "tokenize_corpus", "ElectraExamples", "IndexedExamples", "T5Examples",
     "electra_examples_from_files", "epoch_permutation", "example_rngs", "t5_examples",

@@ -177,7 +177,7 @@ def build_text_to_text(config: Any) -> base.Objective:
         return decoding.greedy_decode(model, params, tokens, l_out, eos_id=eos)[0]
 
     def decode_predictions(outputs: np.ndarray) -> list[str]:
-        sp = finetune.load_sentencepiece(vocab_path)
+        sp = vocab_lib.load_sentencepiece(vocab_path)
         out = []
         for row in np.asarray(outputs):
             ids = [int(i) for i in row]

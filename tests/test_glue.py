@@ -26,7 +26,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import bundled, finetune, glue, glue_tasks
-from data.cache import load_sentencepiece
+from data.vocab import load_sentencepiece
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,6 @@
 """The fast input pipeline: determinism, epochs, resume without replay, sharding, prefetch."""
 
+import os
 import threading
 
 import jax
@@ -66,38 +67,92 @@ def test_token_cache_matches_the_vocabulary_and_is_reused(t5, cache_dir):
 
 
 _CONCURRENT_BUILDER = """
-import sys, time
+import os, sys, time
 from data import bundled, cache
 build = cache._build_cache_locked
-def slow_build(*args):
+def slow_build(*args, **kwargs):
     with open(sys.argv[2], "a") as f:
         f.write("built\\n")
-    time.sleep(2)  # both processes are inside tokenize_corpus at once
-    build(*args)
+    time.sleep(1)  # the other process reaches the lock meanwhile
+    build(*args, **kwargs)
 cache._build_cache_locked = slow_build
+# Both processes enter tokenize_corpus only once both have started (a barrier of two files).
+open(os.path.join(sys.argv[3], str(os.getpid())), "w").close()
+while len(os.listdir(sys.argv[3])) < 2:
+    time.sleep(0.05)
 corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH, cache_dir=sys.argv[1])
 print(corpus.path, int(corpus.tokens.sum()), corpus.tokens.size)
 """
 
 
 def test_concurrent_starts_build_the_token_cache_once(tmp_path):
-    """Sweeps start many jobs on one corpus at once: one builds its cache, the others wait on
-    the lock and map it (before, each tokenised the whole corpus, and losers left their
+    """Sweeps start many jobs on one corpus at once: one builds its cache, the others say they
+    wait on the lock and map it (before, each tokenised the whole corpus, and losers left their
     temporary folders behind)."""
     import os
     import subprocess
     import sys
 
-    marker = tmp_path / "builds"
+    marker, arrived = tmp_path / "builds", tmp_path / "arrived"
+    arrived.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_BUILDER, str(tmp_path / "c"),
-                               str(marker)], stdout=subprocess.PIPE, text=True,
+                               str(marker), str(arrived)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(__file__)))
              for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0].split() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
+    outs, errs = zip(*[p.communicate(timeout=300) for p in procs], strict=True)
+    assert [p.returncode for p in procs] == [0, 0], errs
     assert marker.read_text().splitlines() == ["built"]
-    assert outs[0] == outs[1]
+    assert outs[0].split() == outs[1].split()
+    assert sum("waiting for another process to build the token cache" in e for e in errs) == 1
     assert not [n for n in os.listdir(tmp_path / "c") if n.startswith(".tmp-")]
+
+
+def test_a_failed_build_leaves_nothing_and_a_crashed_ones_folder_is_removed(tmp_path,
+                                                                            monkeypatch):
+    from data import sources
+
+    key = cache.cache_key(sources.expand_files(bundled.VALIDATION_FILES), bundled.VOCAB_PATH,
+                          "documents", "auto", "text")
+    crashed = tmp_path / f".tmp-{key}-killed"  # as a SIGKILLed builder leaves it
+    crashed.mkdir(parents=True)
+    (crashed / "tokens.npy").write_bytes(b"half")
+    read = sources.read_documents
+
+    def failing(*args, **kwargs):
+        for i, document in enumerate(read(*args, **kwargs)):
+            if i == 40:  # after two batches were written
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a bad byte")
+            yield document
+
+    monkeypatch.setattr(sources, "read_documents", failing)
+    with pytest.raises(UnicodeDecodeError):
+        cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                              cache_dir=str(tmp_path), batch_documents=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.lock"]  # nothing half-built
+    monkeypatch.setattr(sources, "read_documents", read)
+    corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                   cache_dir=str(tmp_path))
+    assert corpus.key == key and corpus.tokens.size == corpus.meta["tokens"] > 0
+
+
+def test_a_filesystem_without_locks_still_builds(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"):
+        corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                       cache_dir=str(tmp_path))
+    assert "building the token cache without a lock" in caplog.text
+    reference = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                      cache_dir=str(tmp_path / "locked"))
+    for name in ("tokens.npy", "offsets.npy"):  # the same bytes either way
+        assert (open(os.path.join(corpus.path, name), "rb").read()
+                == open(os.path.join(reference.path, name), "rb").read())
 
 
 def test_same_seed_same_stream_other_seed_other_stream(t5):

@@ -276,7 +276,7 @@ def test_the_trainer_input_path_reads_a_gfile_vocabulary(ram_dir, tmp_path, monk
 
 def test_local_vocabularies_do_not_import_tensorflow():
     code = ("import sys; from data import bundled, cache, vocab; "
-            "vocab.special_ids(); vocab.vocabulary_size(); cache.load_sentencepiece("
+            "vocab.special_ids(); vocab.vocabulary_size(); vocab.load_sentencepiece("
             "bundled.VOCAB_PATH); vocab.model_exists(bundled.VOCAB_PATH); "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
