@@ -44,6 +44,10 @@ _MAX_SENTENCE_BYTES = 4192
 _PIECE_CHARS = 1000
 
 
+def _missing(path: str) -> FileNotFoundError:
+    return FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+
+
 class VocabSizeError(ValueError):
     """A model's embedding table is smaller than its vocabulary."""
 
@@ -73,7 +77,7 @@ def train_vocab(
     seed: int = DEFAULT_SEED,
     character_coverage: float = 0.9995,
     max_piece_length: int = 16,
-    sample_sentences: int = 0,
+    sample_pieces: int = 0,
 ) -> dict:
     """Trains `<output_prefix>.model` and writes `<output_prefix>.json`; returns the JSON dict.
 
@@ -85,9 +89,11 @@ def train_vocab(
       seed: sentencepiece's random generator seed.
       character_coverage: fraction of characters covered by pieces; the rest map to unk.
       max_piece_length: the longest piece, in characters (sentencepiece's default).
-      sample_sentences: 0 trains on every piece of text (held in memory: fine for the bundled
-        corpus); N > 0 trains on a uniform sample of N of them (sentencepiece's reservoir,
-        seeded by ``seed``), which a Wikipedia-sized corpus needs (e.g. 10,000,000).
+      sample_pieces: 0 trains on every piece of text (the documents cut at whitespace into
+        pieces of at most 1,000 characters, all held in memory: fine for the bundled corpus);
+        N > 0 trains on a uniform sample of N pieces (sentencepiece's reservoir, seeded by
+        ``seed``; up to N KB of text in memory), which a Wikipedia-sized corpus needs (e.g.
+        2,000,000: ~2 GB).
     """
     if vocab_size_with_extras % 128:
         raise ValueError(
@@ -122,8 +128,8 @@ def train_vocab(
             max_sentence_length=_MAX_SENTENCE_BYTES,
             max_sentencepiece_length=max_piece_length,
             # 0: every piece (no sampling randomness); N: a seeded reservoir sample of N.
-            input_sentence_size=sample_sentences,
-            shuffle_input_sentence=sample_sentences > 0,
+            input_sentence_size=sample_pieces,
+            shuffle_input_sentence=sample_pieces > 0,
             num_threads=1,  # bit-identical output
             minloglevel=2,
         )
@@ -140,7 +146,7 @@ def train_vocab(
         "model_type": model_type,
         "seed": seed,
         "character_coverage": character_coverage,
-        "sample_sentences": sample_sentences,
+        "sample_pieces": sample_pieces,
         "corpus_documents": stats.total().documents,
         "corpus_sha256": digest.hexdigest(),
         "corpus_files": [os.path.basename(p) for p in stats.files],
@@ -160,7 +166,7 @@ def get_vocabulary(
     import seqio  # reads the model through tf.io.gfile itself
 
     if not model_exists(path):
-        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+        raise _missing(path)
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
@@ -188,18 +194,18 @@ def read_model(path: str) -> bytes:
     """
     if not _has_scheme(path):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+            raise _missing(path)
         with open(path, "rb") as f:
             return f.read()
     import tensorflow as tf
 
     try:
         if not model_exists(path):
-            raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
+            raise _missing(path)
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     except tf.errors.NotFoundError as e:
-        raise FileNotFoundError(f"sentencepiece model {path!r} does not exist") from e
+        raise _missing(path) from e
     except tf.errors.OpError as e:
         raise OSError(f"cannot read sentencepiece model {path!r}: {e.message}") from e
 
@@ -282,9 +288,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--extra_ids", type=int, default=100)
     parser.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--sample_sentences", type=int, default=0,
-                        help="train on a seeded sample of this many pieces of text (0: all; "
-                             "a Wikipedia-sized corpus needs a sample, e.g. 10000000)")
+    parser.add_argument("--sample_pieces", type=int, default=0,
+                        help="train on a seeded sample of this many pieces of text (pieces of "
+                             "<= 1,000 characters, so N pieces hold up to N KB in memory; 0: "
+                             "all; a Wikipedia-sized corpus needs a sample, e.g. 2000000)")
     parser.add_argument("--character_coverage", type=float, default=0.9995,
                         help="share of the corpus's characters given pieces (1.0: every one; "
                              "the rest map to unk)")
@@ -297,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_type=args.model_type,
         seed=args.seed,
         character_coverage=args.character_coverage,
-        sample_sentences=args.sample_sentences,
+        sample_pieces=args.sample_pieces,
     )
     print(json.dumps(info, indent=2, sort_keys=True))
 

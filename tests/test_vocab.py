@@ -136,13 +136,13 @@ def test_train_vocab_rejects_sizes_off_the_128_grid(tmp_path):
 
 
 def test_train_vocab_on_a_seeded_sample_of_the_text(tmp_path):
-    """--sample_sentences: a corpus too big to hold trains on a reservoir sample, the same
+    """--sample_pieces: a corpus too big to hold trains on a reservoir sample, the same
     one for the same seed (the validation split has 393 pieces of text; 300 are sampled)."""
     models = {}
     for name, sample in (("a", 300), ("b", 300), ("all", 0)):
         info = vocab.train_vocab(bundled.VALIDATION_FILES, str(tmp_path / name),
-                                 vocab_size_with_extras=512, sample_sentences=sample)
-        assert info["sample_sentences"] == sample
+                                 vocab_size_with_extras=512, sample_pieces=sample)
+        assert info["sample_pieces"] == sample
         models[name] = (tmp_path / f"{name}.model").read_bytes()
     assert models["a"] == models["b"]
     assert models["a"] != models["all"]
