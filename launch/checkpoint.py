@@ -175,7 +175,8 @@ def _size_mb(path: str) -> float:
 
 
 def _iterator_prefix(directory: Any) -> str:
-    return str(directory / f"process_{jax.process_index()}-of-{jax.process_count()}")
+    # ``directory``: orbax's epath.Path, or a str (gs:// paths too: tf.io.gfile reads them)
+    return f"{directory}/process_{jax.process_index()}-of-{jax.process_count()}"
 
 
 class TfIteratorHandler(ocp.CheckpointHandler):
@@ -343,13 +344,33 @@ class Checkpointer:
 
     def restore_iterator(self, step: int, iterator: Any) -> str | None:
         """Restores ``iterator`` in place from step ``step``'s iterator item; None on success,
-        else why it could not (the caller falls back to re-reading its batches)."""
-        try:
-            self.manager.restore(step, args=ocp.args.Composite(
-                **{ITERATOR_ITEM: TfIteratorRestore(iterator)}))
-        except Exception as error:  # noqa: BLE001 -- any failure means: re-read instead
-            return f"{type(error).__name__}: {str(error)[:300]}"
-        return None
+        else why it could not (the caller falls back to re-reading its batches).
+
+        Decided by all processes together (a collective on multi-host): if any one cannot
+        restore its iterator, every one re-reads, so their positions agree. The handler is
+        called directly, outside orbax's restore and its cross-process barrier, which a
+        process that failed alone would leave the others waiting in."""
+        import tensorflow as tf
+
+        directory = os.path.join(self.directory, str(step), ITERATOR_ITEM)
+        processes = jax.process_count()
+        missing = [i for i in range(processes)
+                   if not tf.io.gfile.exists(f"{directory}/process_{i}-of-{processes}.index")]
+        why = (f"{directory} has no iterator of process(es) {missing} of {processes}"
+               if missing else None)
+        if why is None:
+            try:
+                TfIteratorHandler().restore(directory, TfIteratorRestore(iterator))
+            except Exception as error:  # noqa: BLE001 -- any failure means: re-read instead
+                why = f"{type(error).__name__}: {str(error)[:300]}"
+        if processes > 1:
+            from jax.experimental import multihost_utils
+
+            failed = multihost_utils.process_allgather(np.asarray(why is not None))
+            if why is None and np.any(failed):
+                why = (f"process(es) {np.flatnonzero(failed).tolist()} could not restore "
+                       "theirs")
+        return why
 
     def wait(self) -> None:
         """Blocks until the pending async save is committed."""

@@ -209,6 +209,17 @@ class PipelineInputs:
         self.pipeline.close()
 
 
+def checkpointable(dataset: Any) -> Any:
+    """``dataset`` whose iterators a checkpoint can always save: a Python function in a task's
+    preprocessors has state tf.data cannot save, and the rest is saved with a warning (a pure
+    function resumes exactly) instead of failing the save."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.WARN
+    return dataset.with_options(options)
+
+
 class SeqioInputs:
     """``seqio.get_dataset`` batches of this process's shard; state = batches handed out.
 
@@ -221,7 +232,6 @@ class SeqioInputs:
                  sharding: Sharding, state: Mapping[str, Any] | None = None,
                  restore_iterator: Callable[[Any], str | None] | None = None):
         import seqio
-        import tensorflow as tf
 
         if objective.feature_converter is None:
             raise ValueError(f"config.data.task={split.task!r} is read by tf.data, which "
@@ -252,12 +262,7 @@ class SeqioInputs:
             ).batch(batch // processes, drop_remainder=True)
             if skip:
                 dataset = dataset.skip(skip)
-            # A Python function in a task's preprocessors has state tf.data cannot save: save
-            # the rest with a warning (a pure function resumes exactly) rather than fail saves.
-            options = tf.data.Options()
-            options.experimental_external_state_policy = (
-                tf.data.experimental.ExternalStatePolicy.WARN)
-            return iter(dataset.with_options(options).prefetch(max(config.data.prefetch, 1)))
+            return iter(checkpointable(dataset).prefetch(max(config.data.prefetch, 1)))
 
         # A saved iterator restores only into the dataset it came from: the same skip.
         self.skipped = int(state.get("skipped", 0)) if state else 0

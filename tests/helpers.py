@@ -35,6 +35,15 @@ def losses(workdir) -> list[float]:
     return [r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
 
 
+def step_losses(workdir) -> list[tuple[int, float]]:
+    """(step, training loss) of every loss record a run wrote, in file order (a step logged
+    twice, e.g. by a resume that did not truncate, shows up twice)."""
+    from launch import metrics as metrics_lib
+
+    return [(r["step"], r["loss"]) for r in metrics_lib.read_metrics(str(workdir))
+            if "loss" in r]
+
+
 def sweep_run(*args, env=None, check=True):
     """``python -m launch.sweep ARGS`` -> stdout (the test fails with stderr if it fails)."""
     result = subprocess.run([sys.executable, "-m", "launch.sweep", *args], cwd=REPO,

@@ -145,9 +145,15 @@ ITERATOR_WORKER = textwrap.dedent("""
     fresh = iterator()
     why = loader.restore_iterator(step, fresh)
     got = [next(fresh).numpy().tolist() for _ in range(3)]
+    # Process 1's iterator unreadable: both processes give up on theirs, so both re-read.
+    if pid == 1:
+        with open(f"{directory}/5/iterator/process_1-of-2.data-00000-of-00001", "r+b") as f:
+            f.truncate(10)
+    why_broken = loader.restore_iterator(step, iterator())
     loader.close()
     with open(out, "w") as f:
-        json.dump({"step": step, "why": why, "expected": expected, "got": got}, f)
+        json.dump({"step": step, "why": why, "expected": expected, "got": got,
+                   "why_broken": why_broken}, f)
     jax.distributed.shutdown()
 """)
 
@@ -183,3 +189,5 @@ def test_two_processes_each_restore_their_own_data_iterator(tmp_path):
         assert result["step"] == 5 and result["why"] is None
         assert result["got"] == result["expected"]
         assert all(x % 2 == pid for batch in result["got"] for x in batch)  # its own shard
+    assert "process(es) [1] could not restore theirs" in results[0]["why_broken"]
+    assert results[1]["why_broken"] and "could not restore" not in results[1]["why_broken"]

@@ -7,7 +7,7 @@ import sys
 import time
 
 from launch import metrics as metrics_lib
-from tests.helpers import REPO, cli_env
+from tests.helpers import REPO, cli_env, step_losses
 
 STEPS = 8
 FLAGS = (f"--config.train.steps={STEPS}", "--config.train.eval_every=0",
@@ -44,10 +44,6 @@ def _wait_for_steps(process, workdir, count, timeout=600):
     raise TimeoutError(f"no {count} steps in {workdir} after {timeout}s")
 
 
-def _losses(workdir):
-    return [(r["step"], r["loss"]) for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r]
-
-
 def test_sigkill_then_restart_is_bitwise_identical(tmp_path):
     # The run is told to train far longer than the test waits, so the kill always lands while
     # it trains: it is sent when metrics.jsonl (written by the run) shows step 5, right after
@@ -68,9 +64,9 @@ def test_sigkill_then_restart_is_bitwise_identical(tmp_path):
     assert "resumed from" in restarted.stdout
     reference = _run(tmp_path / "reference", f"--config.train.steps={target}")
     assert reference.returncode == 0, reference.stderr[-3000:]
-    expected = _losses(tmp_path / "reference")
+    expected = step_losses(tmp_path / "reference")
     assert [s for s, _ in expected] == list(range(1, target + 1))
-    assert _losses(workdir) == expected  # bitwise: floats compared with ==
+    assert step_losses(workdir) == expected  # bitwise: floats compared with ==
 
 
 def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
@@ -89,5 +85,5 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
                    "--config.checkpoint.every=1000")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {workdir}/checkpoints/{saved}" in resumed.stdout
-    steps = [s for s, _ in _losses(workdir)]
+    steps = [s for s, _ in step_losses(workdir)]
     assert steps == list(range(1, saved + 3))

@@ -23,6 +23,7 @@ from launch import mesh as mesh_lib
 from launch import metrics as metrics_lib
 from launch import trainer
 from objectives import registry
+from tests.helpers import step_losses
 
 STREAM_TASK = "pretrax_test_stream_span_corruption"
 
@@ -127,10 +128,6 @@ def test_seqio_source_errors():
         _examples(config)
 
 
-def _losses(workdir):
-    return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(str(workdir)) if "loss" in r}
-
-
 def _saved_data_state(workdir, step):
     with open(workdir / "checkpoints" / str(step) / "data" / "metadata") as f:
         return json.load(f)
@@ -147,8 +144,8 @@ def test_streaming_resume_restores_the_saved_iterator(stream_task, tmp_path, cap
     config.train.tensorboard = False
     config.checkpoint.every = 2
     trainer.train(config, str(tmp_path / "straight"))
-    expected = _losses(tmp_path / "straight")
-    assert sorted(expected) == [1, 2, 3, 4]
+    expected = step_losses(tmp_path / "straight")
+    assert [step for step, _ in expected] == [1, 2, 3, 4]
 
     restored, skipped = tmp_path / "restored", tmp_path / "skipped"
     config.train.steps = 2
@@ -167,23 +164,20 @@ def test_streaming_resume_restores_the_saved_iterator(stream_task, tmp_path, cap
     assert "re-reading the 2 batches consumed" in caplog.text
     assert _saved_data_state(skipped, 4)["skipped"] == 2
     for workdir in (restored, skipped):
-        assert _losses(workdir) == expected, workdir.name
+        assert step_losses(workdir) == expected, workdir.name
 
 
 def test_iterator_with_python_function_still_checkpoints(tmp_path):
-    """tf.data cannot save a py_function's state; the save keeps the rest (with a warning)
-    rather than failing, and a pure function resumes exactly."""
+    """tf.data cannot save a py_function's state; a checkpointable dataset (as every streaming
+    input is made) saves the rest rather than failing, and a pure function resumes exactly."""
     from launch import checkpoint as ckpt_lib
 
     def twice(x):
         return tf.py_function(lambda v: v * 2, [x], tf.int64)
 
     def make():
-        options = tf.data.Options()
-        options.experimental_external_state_policy = (
-            tf.data.experimental.ExternalStatePolicy.WARN)
         dataset = tf.data.Dataset.range(100).map(twice).shuffle(10, seed=1).batch(4)
-        return iter(dataset.with_options(options).prefetch(2))
+        return iter(inputs_lib.checkpointable(dataset).prefetch(2))
 
     it = make()
     next(it)
