@@ -34,6 +34,7 @@ rankings and of each row's difference from the baseline row, never of absolute s
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -203,7 +204,8 @@ PAPER_SETTINGS = {
 # ... and of their fine-tuning runs (batch 32-128: one node, not the pretraining's two).
 PAPER_FINETUNE_SETTINGS = {"slurm": {"slurm.nodes": 1, "slurm.time": "2-00:00:00"}}
 # Paper scale computes in bfloat16 (parameters, norms, softmax statistics, logits and losses
-# stay float32), as T5 and ELECTRA ran on TPUs (shared/reference/T5.md, "Init").
+# stay float32): as T5 ran on TPUs (shared/reference/T5.md, "Init"); for ELECTRA, whose
+# reference computes in float32, a choice for speed (--set config.model.dtype=float32).
 _BF16 = {"config.model.dtype": "bfloat16"}
 # The ELECTRA paper's GLUE metrics (Sec. 3.1): Spearman for STS-B, Matthews for CoLA, accuracy
 # for the rest; where a task's main metric (T5's) differs, the ELECTRA tables score this one.
@@ -789,11 +791,36 @@ def _finish(fig: Any, ax: Any, title: str, path: str) -> None:
     plt.close(fig)
 
 
+LABELS = "labels.json"  # beside an exported fine-tuning run: what its last predictions were
+
+
+def prediction_labels(workdir: str) -> dict[str, Any] | None:
+    """How often each label was the target and the prediction in a fine-tuning run's last
+    validation predictions (``predictions/validation-<step>.jsonl``); None without any."""
+    folder = os.path.join(workdir, "predictions")
+    steps = sorted(int(n[len("validation-"):-len(".jsonl")]) for n in
+                   (os.listdir(folder) if os.path.isdir(folder) else ())
+                   if n.startswith("validation-") and n.endswith(".jsonl"))
+    if not steps:
+        return None
+    targets, predictions = collections.Counter(), collections.Counter()
+    with open(os.path.join(folder, f"validation-{steps[-1]}.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            targets[record["target"]] += 1
+            predictions[record["prediction"]] += 1
+    return {"step": steps[-1], "records": sum(targets.values()),
+            "distinct_predictions": len(predictions),
+            "predictions": dict(predictions.most_common()), "targets": dict(targets.most_common())}
+
+
 def export(root: str, dest: str) -> list[str]:
     """Copies what a committed table needs into ``dest``: the table, figures, cells, wall
-    times, and each run's config.json, metrics.jsonl, log and (for a run copied from another
-    table by ``--reuse``) where it came from; no checkpoints. The run folders keep their names
-    so the table's links resolve there."""
+    times, and each run's config.json, metrics.jsonl, log, (for a run copied from another
+    table by ``--reuse``) where it came from, and for a fine-tuning run the label counts of its
+    last validation predictions (``labels.json``; the predictions themselves are 0.1-0.5 MB
+    a run); no checkpoints. The run folders keep their names so the table's links resolve
+    there."""
     copied = []
     _, runs = sweep_state.read_manifest(root)
     names = ["table.md", "pretraining.png", "downstream.png", CELLS, "reproduce.json",
@@ -804,6 +831,12 @@ def export(root: str, dest: str) -> list[str]:
         for name in ("config.json", "metrics.jsonl", os.path.join("sweep", "train.log"),
                      os.path.join(sweep_state.JOB_DIR, REUSED)):
             files.append((os.path.join(run.local_dir, name), os.path.join(dest, rel, name)))
+        labels = prediction_labels(run.workdir)
+        if labels is not None:
+            os.makedirs(os.path.join(dest, rel), exist_ok=True)
+            with open(os.path.join(dest, rel, LABELS), "w") as f:
+                json.dump(labels, f, indent=1)
+            copied.append(os.path.join(dest, rel, LABELS))
     for source, target in files:
         if os.path.isfile(source):
             os.makedirs(os.path.dirname(target), exist_ok=True)

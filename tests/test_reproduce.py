@@ -294,6 +294,18 @@ def test_smoke_table_runs_and_reports_the_runs_numbers(tmp_path, table):
     _reproduce(table, "--report", f"--root={root}", f"--export={committed}")
     assert (committed / "table.md").read_text() == text
     assert not list(committed.rglob("checkpoints"))
+    for run in runs:  # each fine-tune's last predictions, counted by label
+        if run.name.startswith("finetune/"):
+            last = max(os.listdir(os.path.join(run.workdir, "predictions")),
+                       key=lambda n: int(n.split("-")[1].split(".")[0]))
+            with open(os.path.join(run.workdir, "predictions", last)) as f:
+                lines = [json.loads(line) for line in f]
+            with open(committed / os.path.relpath(run.local_dir, root) / "labels.json") as f:
+                labels = json.load(f)
+            assert labels["records"] == len(lines) > 0
+            assert labels["step"] == int(last.split("-")[1].split(".")[0]) > 0
+            assert sum(labels["predictions"].values()) == len(lines)
+            assert labels["distinct_predictions"] == len({x["prediction"] for x in lines})
     n = len([r for r in runs if r.name.startswith("finetune/")])
     out = _reproduce(table, "--report", f"--root={root}", f"--against={committed}").stdout
     assert f"{n} cells compared: {n} identical, largest difference 0.00" in out
