@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from launch import reproduce, sweep_spec
+from launch import reproduce_report as report_lib
 from launch.sweep_spec import SweepError
 from tests.helpers import REPO, cli_env
 
@@ -187,11 +188,13 @@ def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
 
 def test_electra_tables_score_glue_by_the_electra_papers_metrics():
     """ELECTRA reports accuracy for MRPC / QQP and Spearman for STS-B (T5: F1, Pearson)."""
-    name = reproduce._metric_name
-    assert [name(t, "electra") for t in ("glue_mrpc_v002", "glue_qqp_v002", "glue_stsb_v002",
+    name = report_lib._metric_name
+    electra, t5 = reproduce.TABLES["electra_table5"], reproduce.TABLES["t5_table4"]
+    assert reproduce.TABLES["electra_compute"].metrics == electra.metrics
+    assert [name(t, electra) for t in ("glue_mrpc_v002", "glue_qqp_v002", "glue_stsb_v002",
                                          "glue_cola_v002", "glue_rte_v002")] == [
         "accuracy", "accuracy", "spearman_corrcoef", "matthews_corrcoef", "accuracy"]
-    assert [name(t, "t5") for t in ("glue_mrpc_v002", "glue_stsb_v002")] == [
+    assert [name(t, t5) for t in ("glue_mrpc_v002", "glue_stsb_v002")] == [
         "f1", "pearson_corrcoef"]
 
 
@@ -201,38 +204,38 @@ def test_electra_tables_score_glue_by_the_electra_papers_metrics():
 def test_compare_is_a_paired_one_sided_t_test():
     scores = {"a": {0: 50.0, 1: 52.0, 2: 51.0}, "b": {0: 48.0, 1: 49.0, 2: 50.0},
               "c": {0: 49.0, 1: 53.0, 2: 50.0}}
-    verdict, evidence = reproduce.compare(scores, "a", "b")
+    verdict, evidence = report_lib.compare(scores, "a", "b")
     # differences 2, 3, 1: mean 2, std 1, standard error 1/sqrt(3), t = 3.46 > t(0.95, 2) = 2.92
     assert verdict == "reproduced"
     assert evidence == "+2.00 +- 1.00 (3 seeds; t = 3.46, needs 2.92)"
-    assert reproduce.compare(scores, "b", "a")[0] == "reversed"
+    assert report_lib.compare(scores, "b", "a")[0] == "reversed"
     # a - c: 1, -1, 1: t = 0.5
-    assert reproduce.compare(scores, "a", "c")[0] == "within the seeds' spread"
-    assert reproduce.compare(scores, "a", "missing") == ("not run", "-")
-    assert reproduce.compare({"a": {0: 1.0}, "b": {0: 0.0}}, "a", "b")[0].startswith(
+    assert report_lib.compare(scores, "a", "c")[0] == "within the seeds' spread"
+    assert report_lib.compare(scores, "a", "missing") == ("not run", "-")
+    assert report_lib.compare({"a": {0: 1.0}, "b": {0: 0.0}}, "a", "b")[0].startswith(
         "inconclusive")
     # Two seeds: t(0.95, 1) = 6.31, so 2.0 and 2.5 (t = 9) counts and 1.0 and 3.0 (t = 2) not.
     two = {"x": {0: 2.0, 1: 2.5}, "y": {0: 1.0, 1: 3.0}, "z": {0: 0.0, 1: 0.0}}
-    assert reproduce.compare(two, "x", "z")[0] == "reproduced"
-    assert reproduce.compare(two, "y", "z")[0] == "within the seeds' spread"
+    assert report_lib.compare(two, "x", "z")[0] == "reproduced"
+    assert report_lib.compare(two, "y", "z")[0] == "within the seeds' spread"
 
 
 def test_as_good_as_any_names_the_rows_that_beat_it():
     scores = {"r1": {0: 50.0, 1: 51.0, 2: 52.0}, "r2": {0: 53.0, 1: 54.5, 2: 55.0},
               "r3": {0: 47.0, 1: 57.0, 2: 51.0}}  # noisy: nothing is significant against it
-    verdict, evidence = reproduce.as_good_as_any(scores, "r1", ["r1", "r2", "r3"])
+    verdict, evidence = report_lib.as_good_as_any(scores, "r1", ["r1", "r2", "r3"])
     assert verdict == "not reproduced: r2 score higher"  # r2 - r1: 3, 3.5, 3
     assert evidence.startswith("best other row r2: -3.17")
-    assert reproduce.as_good_as_any(scores, "r2", ["r1", "r2", "r3"])[0] == "reproduced"
-    assert reproduce.as_good_as_any(scores, "r3", ["r1", "r2", "r3"])[0] == "reproduced"
+    assert report_lib.as_good_as_any(scores, "r2", ["r1", "r2", "r3"])[0] == "reproduced"
+    assert report_lib.as_good_as_any(scores, "r3", ["r1", "r2", "r3"])[0] == "reproduced"
 
 
 def test_score_takes_the_last_or_the_best_evaluation_after_step_0():
     records = [{"step": 0, "eval/accuracy": 99.0}, {"step": 2, "loss": 1.0},
                {"step": 2, "eval/accuracy": 50.0}, {"step": 4, "eval/accuracy": 40.0}]
-    assert reproduce._score(records, "accuracy", "last") == 40.0
-    assert reproduce._score(records, "accuracy", "best") == 50.0
-    assert reproduce._score(records[:2], "accuracy", "last") is None
+    assert report_lib._score(records, "accuracy", "last") == 40.0
+    assert report_lib._score(records, "accuracy", "best") == 50.0
+    assert report_lib._score(records[:2], "accuracy", "last") is None
 
 
 def test_compute_claims_interpolate_mlm_at_electra_flops():
@@ -243,13 +246,13 @@ def test_compute_claims_interpolate_mlm_at_electra_flops():
               "electra_100": {0: 50.0, 1: 50.0},
               "mlm_25": {0: 10.0, 1: 12.0}, "mlm_50": {0: 20.0, 1: 20.0},
               "mlm_100": {0: 44.0, 1: 42.0}}
-    claims = reproduce.compute_claims(table, scores, flops)
+    claims = report_lib.compute_claims(table, scores, flops)
     # electra_25 at 2e9 meets mlm_50 exactly (differences 10, 12: t = 11); electra_50 at 4e9
     # meets mlm_100 (-4, -1: t = -1.67); electra_100 at 8e9 is beyond MLM's range: no claim.
     assert [(text.split("(")[1], verdict) for text, verdict, _ in claims] == [
         ("2.00e+09 FLOPs)", "reproduced"), ("4.00e+09 FLOPs)", "within the seeds' spread")]
     assert claims[0][2] == "+11.00 +- 1.41 (2 seeds; t = 11.00, needs 6.31)"
-    half = reproduce._interpolate([(1e9, 10.0), (4e9, 40.0)], 2e9)
+    half = report_lib._interpolate([(1e9, 10.0), (4e9, 40.0)], 2e9)
     assert math.isclose(half, 10.0 + 30.0 * 0.5)  # half way in log FLOPs
 
 
@@ -336,7 +339,7 @@ def test_report_on_hand_written_runs(tmp_path):
         with open(os.path.join(run.workdir, metrics_lib.METRICS_FILE), "w") as f:
             f.write('{"step": 0, "eval/accuracy": 0.0}\n{"step": 300, "eval/accuracy": 99.0}\n'
                     f'{{"step": 600, "loss": 1.0}}\n{{"step": 600, "eval/accuracy": {value}}}\n')
-    text = reproduce.report(root, "t5_table4")
+    text = report_lib.report(root, "t5_table4")
     rows = {line.split(" | ")[0][3:-1]: line for line in text.splitlines()
             if line.startswith("| `")}
     # "best" selection (T5): the step-300 99.0 wins over every final value
@@ -350,7 +353,7 @@ def test_report_on_hand_written_runs(tmp_path):
     table = reproduce.TABLES["t5_table4"]
     reproduce.TABLES["t5_table4"] = dataclasses.replace(table, select="last")
     try:
-        text = reproduce.report(root, "t5_table4")
+        text = report_lib.report(root, "t5_table4")
     finally:
         reproduce.TABLES["t5_table4"] = table
     rows = {line.split(" | ")[0][3:-1]: line for line in text.splitlines()
@@ -368,7 +371,7 @@ def test_report_on_hand_written_runs(tmp_path):
     assert claims["pretraining (bert) beats no pretraining"] == [
         "reproduced", "+10.67 +- 0.58 (3 seeds; t = 32.00, needs 2.92)"]
     with pytest.raises(sweep_spec.SweepError, match="not t5_table6"):
-        reproduce.report(root, "t5_table6")
+        report_lib.report(root, "t5_table6")
 
 
 def test_reuse_copies_the_runs_another_table_finished(tmp_path, monkeypatch):
