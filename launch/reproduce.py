@@ -206,8 +206,9 @@ PAPER_SETTINGS = {
               "slurm.time": "7-00:00:00"},
     "local": {},
 }
-# ... and of their fine-tuning runs (batch 32-128: one node, not the pretraining's two).
-PAPER_FINETUNE_SETTINGS = {"slurm": {"slurm.nodes": 1, "slurm.time": "2-00:00:00"}}
+# ... and of their fine-tuning runs (batch 32-128: one node, not the pretraining's two; a v4-8).
+PAPER_FINETUNE_SETTINGS = {"slurm": {"slurm.nodes": 1, "slurm.time": "2-00:00:00"},
+                           "tpu_vm": {"tpu.accelerator_type": "v4-8"}}
 # Paper scale computes in bfloat16 (parameters, norms, softmax statistics, logits and losses
 # stay float32): as T5 ran on TPUs (shared/reference/T5.md, "Init"); for ELECTRA, whose
 # reference computes in float32, a choice for speed (--set config.model.dtype=float32).
@@ -528,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     call = dict(table_name=args.table, scale_name=args.scale, n_seeds=args.seeds,
                 smoke=args.smoke, backend=args.backend, text_files=args.text_files,
                 settings=settings)
-    if args.validation_files or args.vocab:
+    if args.validation_files or args.vocab:  # only when given: the table_sweep.py files of
+        # sweeps expanded before these flags existed (docs/tables) stay what today's code writes
         call.update(validation_files=args.validation_files, vocab=args.vocab)
     # Fails here, before anything is written, on a bad table, key or value.
     runs = sweep_spec.expand(build_sweep(**call), root, "launch.reproduce")

@@ -221,7 +221,8 @@ def report(root: str, table_name: str) -> str:
     if not manifest["name"].startswith(table_name + "_"):
         raise SweepError(f"{root} holds the sweep {manifest['name']!r}, not {table_name}")
     found = cells(root, table)
-    unseen = [run.workdir for run in runs if not os.path.isdir(run.workdir)]
+    unseen = [run.workdir for run in runs  # runs that write elsewhere (TPU VMs) and are not here
+              if run.workdir != run.local_dir and not os.path.isdir(run.workdir)]
     if unseen and len(unseen) == len(runs):
         print(f"note: no run folder is on this machine (e.g. {unseen[0]}): a TPU or cluster "
               "sweep's runs write where its workers mount them; mount that place here at the "

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "retry":
         again = {s.run.name for s in statuses if s.state in ("failed", "preempted")}
         # ... and the runs that were not started because one of those was not done
-        never = {s.run.name for s in statuses if s.state == "pending" and s.job is None}
+        never = {s.run.name for s in statuses if s.state == "pending" and (
+            s.job is None or sweep_state.not_started(s.run))}
         for run in runs:  # parents come before their children
             if run.after in again and run.name in never:
                 again.add(run.name)

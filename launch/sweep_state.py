@@ -37,6 +37,7 @@ from launch import sweep_spec
 MANIFEST = "sweep.json"
 JOB_DIR = "sweep"
 EXIT_CODE = "exit_code"  # in the job dir: the run's exit code, written by its job
+NOT_STARTED = "not_started"  # in the job dir: why its job did not start it (a parent failed)
 STATES = ("pending", "running", "done", "failed", "preempted")
 # SLURM job states (squeue -t all) -> ours. Finished states only matter when no exit_code file
 # says more (the batch script was killed before it could write one).
@@ -139,8 +140,23 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def job_file(run_name: str, name: str) -> str:
+    """Job file ``name`` of run ``run_name``, relative to the sweep root (a run's local_dir
+    is ROOT/NAME): for scripts that address it from the root."""
+    return os.path.join(run_name, JOB_DIR, name)
+
+
 def exit_code_path(run: sweep_spec.Run) -> str:
     return os.path.join(job_dir(run), EXIT_CODE)
+
+
+def not_started(run: sweep_spec.Run) -> str | None:
+    """Why the run's job skipped it (its parent had not succeeded), if it did."""
+    try:
+        with open(os.path.join(job_dir(run), NOT_STARTED)) as f:
+            return f.read().strip() or "its job did not start it"
+    except OSError:
+        return None
 
 
 def read_exit_code(run: sweep_spec.Run) -> int | None:
@@ -236,7 +252,10 @@ def run_status(run: sweep_spec.Run, slurm_jobs: Mapping[str, tuple[str, str]]) -
             status.state = "done"
             status.detail = f"slice {job['id']}: exit 0 (the workdir is not mounted here)"
             return status
-    if code is None:
+    skipped = not_started(run) if code is None else None
+    if skipped:
+        status.state, status.detail = "pending", f"not started: {skipped}"
+    elif code is None:
         status.state, status.detail = "preempted", status.detail or "killed (no exit code)"
     else:
         status.state = "preempted" if code in SIGNAL_EXITS else "failed"

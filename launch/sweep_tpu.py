@@ -53,6 +53,15 @@ SLICE_KEYS = ("project", "zone", "accelerator_type", "version", "provisioning",
 PIP_JAX = "jax[tpu]>=0.10,<0.13"  # setup.cfg's jax range, with libtpu
 
 
+# uv (https://docs.astral.sh/uv) makes the workers' venv: the TPU images' python3 is older than
+# jax needs (tpu-ubuntu2204-base: 3.10; jax >= 0.10 requires >= 3.11), so uv downloads a
+# managed CPython of tpu.python. Its standalone installer puts the uv binary at UV and leaves
+# the shell profiles alone (UV_UNMANAGED_INSTALL).
+UV_INSTALLER = "https://astral.sh/uv/install.sh"
+UV = "~/.local/bin/uv"
+_PYTHON = re.compile(r"^3\.(\d+)(\.\d+)?$")
+
+
 def gcsfuse_setup(bucket: str, mount: str = "/mnt/gcs") -> str:
     """A ``tpu.setup`` command mounting ``gs://bucket`` at ``mount`` on every worker, writable
     by the ssh user the runs execute as: gcsfuse run by root makes everything root-owned
@@ -64,13 +73,6 @@ def gcsfuse_setup(bucket: str, mount: str = "/mnt/gcs") -> str:
     return (f"mountpoint -q {mount} || (sudo mkdir -p {mount} && sudo gcsfuse --uid=$(id -u) "
             f"--gid=$(id -g) --rename-dir-limit=200000 --implicit-dirs -o allow_other "
             f"{bucket} {mount})")
-# uv (https://docs.astral.sh/uv) makes the workers' venv: the TPU images' python3 is older than
-# jax needs (tpu-ubuntu2204-base: 3.10; jax >= 0.10 requires >= 3.11), so uv downloads a
-# managed CPython of tpu.python. Its standalone installer puts the uv binary at UV and leaves
-# the shell profiles alone (UV_UNMANAGED_INSTALL).
-UV_INSTALLER = "https://astral.sh/uv/install.sh"
-UV = "~/.local/bin/uv"
-_PYTHON = re.compile(r"^3\.(\d+)(\.\d+)?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,10 +209,24 @@ def _wrap(line: str, *breaks: str) -> str:
 PARENTS_CHECKED = "PRETRAX_PARENTS_CHECKED"  # set by launch(): the script's parents are done
 
 
+def _job_path(run_name: str, name: str) -> str:
+    """``"$SWEEP_ROOT"/...``: job file ``name`` of run ``run_name``, as the script names it."""
+    return '"$SWEEP_ROOT"/' + shlex.quote(sweep_state.job_file(run_name, name))
+
+
 def _exit_file(run_name: str) -> str:
-    """A run's exit code file relative to the sweep root, whose ROOT/NAME is its local_dir
-    (sweep_state.exit_code_path)."""
-    return shlex.quote(os.path.join(run_name, sweep_state.JOB_DIR, sweep_state.EXIT_CODE))
+    return _job_path(run_name, sweep_state.EXIT_CODE)
+
+
+def _exited_zero(run_name: str) -> str:
+    """The shell test: did run ``run_name`` exit 0?"""
+    return f'[ "$(cat {_exit_file(run_name)} 2>/dev/null)" = 0 ]'
+
+
+def _not_started(run_name: str, why: str) -> str:
+    """The shell line recording that this script skipped run ``run_name`` (and why), which
+    ``launch.sweep status`` shows as pending and ``retry`` starts again."""
+    return f"echo {shlex.quote(why)} > {_job_path(run_name, sweep_state.NOT_STARTED)}"
 
 
 def venv(tpu: dict) -> str:
@@ -257,10 +273,10 @@ def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_re
         lines += [
             f"# Runs here start from run {parent}'s checkpoints: only once it has exited 0 (or",
             f"# once `launch.sweep` found it done, which it then says in {PARENTS_CHECKED}).",
-            f'if [ "${{{PARENTS_CHECKED}:-}}" != 1 ] && '
-            f'[ "$(cat "$SWEEP_ROOT"/{_exit_file(parent)} 2>/dev/null)" != 0 ]; then',
+            f'if [ "${{{PARENTS_CHECKED}:-}}" != 1 ] && ! {_exited_zero(parent)}; then',
             f'  echo "not started: run {parent} has not finished (no exit code 0 in '
-            f'$SWEEP_ROOT/{_exit_file(parent)}); run its script first" >&2',
+            f'{_exit_file(parent)}); run its script first" >&2',
+            *[f"  {_not_started(run.name, f'run {parent} has not finished')}" for run in runs],
             "  exit 3",
             "fi",
             "",
@@ -313,15 +329,16 @@ def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_re
                   + f" {venv(tpu)}/bin/python "
                   + shlex.join(["-m", "launch.train", f"--config={run.config}",
                                 *sweep_spec.override_flags(run), f"--workdir={run.workdir}"]))
-        train = [_wrap(_gcloud(*ssh, f"--command={remote}"), "--command"),
-                 f'echo $? > "$SWEEP_ROOT"/{_exit_file(run.name)}']
+        train = [f"rm -f {_job_path(run.name, sweep_state.NOT_STARTED)}",
+                 _wrap(_gcloud(*ssh, f"--command={remote}"), "--command"),
+                 f"echo $? > {_exit_file(run.name)}"]
         if run.after in earlier:  # its parent ran above: only if that exited 0
             lines += ["", f"# Run {run.name}, once run {run.after} above has exited 0.",
-                      f'if [ "$(cat "$SWEEP_ROOT"/{_exit_file(run.after)} 2>/dev/null)" = 0 ]; '
-                      "then",
+                      f"if {_exited_zero(run.after)}; then",
                       *["  " + line.replace("\n", "\n  ") for line in train],
                       "else",
                       f'  echo "{run.name}: not started, run {run.after} did not exit 0" >&2',
+                      f"  {_not_started(run.name, f'run {run.after} did not exit 0')}",
                       "fi"]
         else:
             lines += ["", f"# Run {run.name}.", *train]

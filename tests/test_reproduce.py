@@ -175,7 +175,10 @@ def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
                      "--git_ref=0123abc", f"--root={tmp_path}/e5").stdout
     assert "configs/electra.py:electra_base" in out
     assert "--config.data.train_files=/mnt/gcs/wikibooks/*.txt" in out
-    assert "gcloud" in out and "--project=my-lab" in out and "v4-32" in out
+    assert "gcloud" in out and "--project=my-lab" in out
+    pretrain = out.split("\nfinetune/")[0]
+    assert pretrain.count("'tpu.accelerator_type': 'v4-32'") == 5  # fine-tunes on v4-8s
+    assert out[len(pretrain):].count("'tpu.accelerator_type': 'v4-8'") == 6 * 8
     # the bucket is mounted writable by the ssh user the runs execute as, renames allowed
     assert "sudo gcsfuse --uid=$(id -u) --gid=$(id -g) --rename-dir-limit=200000" in out
     assert "configs/finetune.py:electra_base" in out and "glue_mnli_v002" in out

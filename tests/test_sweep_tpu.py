@@ -262,7 +262,9 @@ def test_a_fine_tune_on_its_pretraining_runs_slice_runs_only_after_it_succeeded(
     assert len(train) == 1 and "PRETRAX_JOB_ID=ft/pretrain/seed=0 " in train[0]
     assert ("finetune/seed=0: not started, run pretrain/seed=0 did not exit 0"
             in (root / "tpu" / "ft-both.log").read_text())
-    assert "2 runs: 1 failed, 1 preempted" in sweep_run("status", "--root", str(root))
+    status = sweep_run("status", "--root", str(root))
+    assert "2 runs: 1 pending, 1 failed" in status
+    assert "not started: run pretrain/seed=0 did not exit 0" in status
 
     record.unlink()
     sweep_run("retry", "--root", str(root), "--execute", *GIT, env=env)

@@ -22,11 +22,13 @@ gcloud compute tpus tpu-vm ssh t5-base-v4-32 --project=my-project --zone=us-cent
     || exit 1
 
 # Run lr=1.0.
+rm -f "$SWEEP_ROOT"/lr=1.0/sweep/not_started
 gcloud compute tpus tpu-vm ssh t5-base-v4-32 --project=my-project --zone=us-central2-b --worker=all \
     --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_base/lr=1.0 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets ~/pretrax-py3.11/bin/python -m launch.train --config=configs/t5.py:t5_1_1_base --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.optimizer.learning_rate=1.0 --workdir=/mnt/gcs/sweeps/t5_base/lr=1.0"
 echo $? > "$SWEEP_ROOT"/lr=1.0/sweep/exit_code
 
 # Run lr=0.5.
+rm -f "$SWEEP_ROOT"/lr=0.5/sweep/not_started
 gcloud compute tpus tpu-vm ssh t5-base-v4-32 --project=my-project --zone=us-central2-b --worker=all \
     --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_base/lr=0.5 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets ~/pretrax-py3.11/bin/python -m launch.train --config=configs/t5.py:t5_1_1_base --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.optimizer.learning_rate=0.5 --workdir=/mnt/gcs/sweeps/t5_base/lr=0.5"
 echo $? > "$SWEEP_ROOT"/lr=0.5/sweep/exit_code

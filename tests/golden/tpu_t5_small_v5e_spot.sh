@@ -31,6 +31,7 @@ gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-0 --project=my-project --zon
     || exit 1
 
 # Run seed=0.
+rm -f "$SWEEP_ROOT"/seed=0/sweep/not_started
 gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-0 --project=my-project --zone=us-west4-a --worker=all \
     --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=0 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets ~/pretrax-py3.11/bin/python -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=0 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=0"
 echo $? > "$SWEEP_ROOT"/seed=0/sweep/exit_code
@@ -67,6 +68,7 @@ gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-1 --project=my-project --zon
     || exit 1
 
 # Run seed=1.
+rm -f "$SWEEP_ROOT"/seed=1/sweep/not_started
 gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-1 --project=my-project --zone=us-west4-a --worker=all \
     --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=1 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets ~/pretrax-py3.11/bin/python -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=1 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=1"
 echo $? > "$SWEEP_ROOT"/seed=1/sweep/exit_code
@@ -103,6 +105,7 @@ gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-2 --project=my-project --zon
     || exit 1
 
 # Run seed=2.
+rm -f "$SWEEP_ROOT"/seed=2/sweep/not_started
 gcloud compute tpus tpu-vm ssh pretrax-t5-small-v5e-2 --project=my-project --zone=us-west4-a --worker=all \
     --command="cd ~/pretrax && PRETRAX_JOB_ID=t5_small_v5e/seed=2 TFDS_DATA_DIR=gs://my-pretrax-bucket/tensorflow_datasets ~/pretrax-py3.11/bin/python -m launch.train --config=configs/t5.py:t5_1_1_small --config.data.source=seqio --config.data.task=pretrax_c4_en_span_corruption --config.checkpoint.every=1000 --config.seed=2 --workdir=/mnt/gcs/sweeps/t5_small_v5e/seed=2"
 echo $? > "$SWEEP_ROOT"/seed=2/sweep/exit_code
