@@ -148,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint.keep = 3  # the last K checkpoints...
     config.checkpoint.keep_period = 0  # ...plus every P-th step forever (0: none)
     config.checkpoint.async_save = True
+    # Streaming seqio sources: save each process's tf.data iterator with every checkpoint and
+    # resume from it (T5X's save_dataset); off: a resume re-reads the batches consumed.
+    config.checkpoint.save_iterator = True
     # Refuse a save that cannot fit before writing it (local dirs; gs:// etc. are not checked).
     config.checkpoint.check_free_space = True
     # Fine-tuning: keep the params of the best evaluation by the task's main metric in

@@ -175,7 +175,8 @@ def _size_mb(path: str) -> float:
 
 
 def _iterator_prefix(directory: Any) -> str:
-    # ``directory``: orbax's epath.Path, or a str (gs:// paths too: tf.io.gfile reads them)
+    """Where this process keeps its iterator in an iterator item. ``directory``: orbax's
+    epath.Path, or a str (gs:// too: tf.io.gfile reads them)."""
     return f"{directory}/process_{jax.process_index()}-of-{jax.process_count()}"
 
 
@@ -197,8 +198,7 @@ class TfIteratorHandler(ocp.CheckpointHandler):
 
         prefix = _iterator_prefix(directory)
         if not tf.io.gfile.exists(prefix + ".index"):
-            raise FileNotFoundError(f"{prefix}.index: no iterator saved by this process "
-                                    f"({jax.process_count()} processes)")
+            raise FileNotFoundError(f"{prefix}.index: no iterator of this process")
         tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
         return args.iterator
 
@@ -342,28 +342,25 @@ class Checkpointer:
             return step, restored[STATE_ITEM], data_state
         return None
 
-    def restore_iterator(self, step: int, iterator: Any) -> str | None:
-        """Restores ``iterator`` in place from step ``step``'s iterator item; None on success,
-        else why it could not (the caller falls back to re-reading its batches).
+    def restore_iterator(self, step: int, iterator: Any,
+                         check: Callable[[Any], None] | None = None) -> str | None:
+        """Restores ``iterator`` in place from step ``step``'s iterator item, then runs
+        ``check(iterator)`` (e.g. reads a batch); None on success, else why it could not (the
+        caller falls back to re-reading its batches).
 
         Decided by all processes together (a collective on multi-host): if any one cannot
         restore its iterator, every one re-reads, so their positions agree. The handler is
         called directly, outside orbax's restore and its cross-process barrier, which a
         process that failed alone would leave the others waiting in."""
-        import tensorflow as tf
-
-        directory = os.path.join(self.directory, str(step), ITERATOR_ITEM)
-        processes = jax.process_count()
-        missing = [i for i in range(processes)
-                   if not tf.io.gfile.exists(f"{directory}/process_{i}-of-{processes}.index")]
-        why = (f"{directory} has no iterator of process(es) {missing} of {processes}"
-               if missing else None)
-        if why is None:
-            try:
-                TfIteratorHandler().restore(directory, TfIteratorRestore(iterator))
-            except Exception as error:  # noqa: BLE001 -- any failure means: re-read instead
-                why = f"{type(error).__name__}: {str(error)[:300]}"
-        if processes > 1:
+        try:
+            directory = os.path.join(self.directory, str(step), ITERATOR_ITEM)
+            TfIteratorHandler().restore(directory, TfIteratorRestore(iterator))
+            if check is not None:
+                check(iterator)
+            why = None
+        except Exception as error:  # noqa: BLE001 -- any failure means: re-read instead
+            why = f"{type(error).__name__}: {str(error)[:300]}"
+        if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             failed = multihost_utils.process_allgather(np.asarray(why is not None))

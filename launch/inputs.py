@@ -12,9 +12,10 @@ examples are is the objective's business (``objective.make_examples``, ``synthet
 - ``source="seqio"``: the registered seqio task or mixture ``config.data.task``. A local-corpus
   task (``data/tasks.py``) is read through the fast path above (same examples, tested); any
   other (C4 from TFDS, a mixture) through ``seqio.get_dataset`` with the objective's feature
-  converter, each process reading its ``seqio.ShardInfo`` shard. Its state is the number of
-  batches consumed; a resume skips that many (tf.data re-reads them: the cost of a streaming
-  source) and needs the same process count (the shards follow it).
+  converter, each process reading its ``seqio.ShardInfo`` shard. Its position is the tf.data
+  iterator itself, saved with each checkpoint (``tf_iterator``) and restored on resume;
+  without one, a resume skips the batches consumed (tf.data re-reads them). Either way it
+  needs the same process count, batch, lengths, packing and seed.
 - ``source="task"``: a fine-tuning task's split (``data/finetune.py``), one record per row,
   through the same pipeline (epochs are seeded permutations; resumable the same way).
 - ``source="synthetic"``: the objective's random ids, a pure function of (seed, batch index),
@@ -221,16 +222,19 @@ def checkpointable(dataset: Any) -> Any:
 
 
 class SeqioInputs:
-    """``seqio.get_dataset`` batches of this process's shard; state = batches handed out.
+    """``seqio.get_dataset`` batches of this process's shard; state = batches handed out, and
+    what the iterator depends on (a resume with another batch, lengths, packing or seed is
+    refused: its saved iterator would yield the old shapes, its skip count the wrong batches).
 
     The tf.data iterator itself is saved with each checkpoint (``tf_iterator``); a resume
     restores it through ``restore_iterator`` and continues exactly where it stopped. Without a
-    saved iterator (a checkpoint from before it was saved, or an unreadable one) the dataset
-    skips the batches consumed, which tf.data does by reading them again."""
+    saved iterator (a checkpoint from before it was saved, ``checkpoint.save_iterator=False``,
+    or an unreadable one) the dataset skips the batches consumed, which tf.data does by
+    reading them again."""
 
     def __init__(self, config: Any, objective: Objective, split: SeqioSplit,
                  sharding: Sharding, state: Mapping[str, Any] | None = None,
-                 restore_iterator: Callable[[Any], str | None] | None = None):
+                 restore_iterator: Callable[..., str | None] | None = None):
         import seqio
 
         if objective.feature_converter is None:
@@ -238,17 +242,21 @@ class SeqioInputs:
                              f"objective {objective.name!r} does not support; it reads "
                              "local-corpus tasks (data/tasks.py) or text files")
         processes = jax.process_count()
-        if state is not None:
-            for key, want in (("task", split.task), ("processes", processes)):
-                if state.get(key) != want:
-                    raise ValueError(
-                        f"the checkpoint's data state has {key}={state.get(key)!r}, this run "
-                        f"{key}={want!r}: a streaming seqio task is sharded by process, so its "
-                        "position only carries over to the same task and process count")
-        self.task, self.sharding = split.task, sharding
-        self.batches = int(state["batches"]) if state else 0
         batch = config.data.batch_size
-        self._shape = (batch,)
+        self.task, self.sharding, self._shape = split.task, sharding, (batch,)
+        self._layout = {"task": split.task, "processes": processes, "rows": batch // processes,
+                        "lengths": dict(objective.feature_lengths), "pack": config.data.pack,
+                        "seed": config.seed}
+        for key, want in self._layout.items() if state is not None else ():
+            # (checkpoints from before rows, lengths, pack and seed were recorded: taken as equal)
+            have = state.get(key) if key in ("task", "processes") else state.get(key, want)
+            if have != want:
+                raise ValueError(
+                    f"the checkpoint's data state has {key}={have!r}, this run {key}={want!r}: "
+                    "a streaming seqio task's position (its saved tf.data iterator, or the "
+                    "batches to skip) only carries over to the same task, process count, batch, "
+                    "lengths, packing and seed")
+        self.batches = int(state["batches"]) if state else 0
 
         def open_at(skip: int) -> Any:
             # A new dataset each time: every iterator of one dataset object draws another
@@ -266,43 +274,59 @@ class SeqioInputs:
 
         # A saved iterator restores only into the dataset it came from: the same skip.
         self.skipped = int(state.get("skipped", 0)) if state else 0
-        self.tf_iterator = open_at(self.skipped)
-        if self.batches and self.skipped != self.batches:
-            why = (restore_iterator(self.tf_iterator) if restore_iterator is not None
-                   else "no checkpoint to restore it from")
-            if why is not None:
-                logging.warning("no data iterator restored (%s); re-reading the %d batches "
-                                "consumed", why, self.batches)
-                self.skipped = self.batches
-                self.tf_iterator = open_at(self.skipped)
+        self._save_iterator = config.checkpoint.save_iterator
+        self._pending: list[Any] = []  # a batch read while checking the restored iterator
+        restorable = bool(self.batches) and self.skipped != self.batches
+        why = None
+        if restorable and not self._save_iterator:
+            why = "config.checkpoint.save_iterator=False"
+        elif restorable and restore_iterator is None:
+            why = "no checkpoint to restore it from"
+        elif restorable:
+            self._iterator = open_at(self.skipped)
+            # Pull one batch inside the restore: an iterator that restores but cannot yield
+            # (a TF or preprocessor change) falls back like an unreadable one, on every process.
+            why = restore_iterator(self._iterator, lambda it: self._pending.append(next(it)))
+        if why is not None:
+            logging.warning("no data iterator restored (%s); re-reading the %d batches "
+                            "consumed", why, self.batches)
+            self.skipped, self._pending = self.batches, []
+        if why is not None or not restorable:
+            self._iterator = open_at(self.skipped)
+
+    @property
+    def tf_iterator(self) -> Any:
+        """The iterator a checkpoint saves (None with ``checkpoint.save_iterator=False``)."""
+        return self._iterator if self._save_iterator else None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        local = next(self.tf_iterator)
+        local = self._pending.pop() if self._pending else next(self._iterator)
         self.batches += 1
         return {k: jax.make_array_from_process_local_data(
             self.sharding, np.asarray(v, np.int32), self._shape + tuple(v.shape[1:]))
             for k, v in local.items()}
 
     def state(self) -> dict[str, Any]:
-        return {"source": "seqio", "task": self.task, "processes": jax.process_count(),
-                "batches": self.batches, "skipped": self.skipped}
+        return {"source": "seqio", **self._layout, "batches": self.batches,
+                "skipped": self.skipped}
 
     def close(self) -> None:
-        self.tf_iterator = None
+        self._iterator = None
 
 
 def make_inputs(config: Any, objective: Objective,
                 examples: pipeline.IndexedExamples | SeqioSplit | None, sharding: Sharding,
                 state: Mapping[str, Any] | None = None, prefetch: int | None = None,
-                split: str = "train", restore_iterator: Callable[[Any], str | None] | None = None,
+                split: str = "train", restore_iterator: Callable[..., str | None] | None = None,
                 ) -> SyntheticInputs | PipelineInputs | SeqioInputs:
     """The batch iterator for ``examples`` (from :func:`make_examples`), resumed at ``state``.
 
-    ``restore_iterator(tf_iterator)`` restores a tf.data iterator saved with the checkpoint
-    (None on success, else why not); only streaming seqio sources have one."""
+    ``restore_iterator(tf_iterator, check)`` restores a tf.data iterator saved with the
+    checkpoint and runs ``check`` on it (None on success, else why not); only streaming seqio
+    sources have one."""
     if isinstance(examples, SeqioSplit):
         return SeqioInputs(config, objective, examples, sharding, state, restore_iterator)
     if examples is None:

@@ -88,8 +88,9 @@ def test_streaming_task_batches_and_exact_resume(stream_task):
     assert not np.array_equal(batches[0]["encoder_input_tokens"],
                               batches[1]["encoder_input_tokens"])
     _, state = _take(config, 1)
-    assert state == {"source": "seqio", "task": stream_task, "processes": 1, "batches": 1,
-                     "skipped": 0}
+    assert state == {"source": "seqio", "task": stream_task, "processes": 1, "rows": 8,
+                     "lengths": {"inputs": 64, "targets": 14}, "pack": True, "seed": 0,
+                     "batches": 1, "skipped": 0}
     with pytest.raises(ValueError, match="processes=2, this run processes=1"):
         _take(config, 1, state={**state, "processes": 2})
     resumed, _ = _take(config, 2, state=state)
@@ -186,3 +187,65 @@ def test_iterator_with_python_function_still_checkpoints(tmp_path):
     resumed = handler.restore(epath.Path(tmp_path), ckpt_lib.TfIteratorRestore(make()))
     for _ in range(3):
         np.testing.assert_array_equal(next(resumed).numpy(), next(it).numpy())
+
+
+def test_a_resume_with_another_batch_lengths_or_seed_is_refused(stream_task):
+    """A saved tf.data iterator would yield the old shapes (tf.data restores it into another
+    batch size without complaint, then fails at the first batch), and a skip count would land
+    elsewhere: refused, naming what changed; a checkpoint from before these were recorded is
+    taken as matching."""
+    config = _config(source="seqio", task=stream_task)
+    _, state = _take(config, 1)
+    for key, value, have, want in (("batch_size", 16, "rows=8", "rows=16"),
+                                   ("inputs_length", 32, "'inputs': 64", "'inputs': 32")):
+        changed = _config(source="seqio", task=stream_task)
+        changed.data[key] = value
+        with pytest.raises(ValueError, match=f"data state has .*{have}.*this run .*{want}"):
+            _take(changed, 1, state=state)
+    reseeded = _config(source="seqio", task=stream_task)
+    reseeded.seed = 1
+    with pytest.raises(ValueError, match="seed=0, this run seed=1"):
+        _take(reseeded, 1, state=state)
+    old = {k: state[k] for k in ("source", "task", "processes", "batches")}
+    assert len(_take(config, 1, state=old)[0]) == 1
+
+
+def test_an_iterator_that_restores_but_cannot_yield_falls_back(tmp_path):
+    """tf.data restores a saved iterator into a pipeline of another batch size and fails only
+    at the next batch: restore_iterator's check reads one, so that failure is reported as an
+    unreadable iterator (the caller re-reads) instead of surfacing in the training loop."""
+    from launch import checkpoint as ckpt_lib
+
+    def iterator(rows):
+        dataset = tf.data.Dataset.range(100).shuffle(10, seed=1)
+        return iter(dataset.batch(rows, drop_remainder=True).prefetch(2))
+
+    saved = iterator(4)
+    next(saved)
+    checkpointer = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep=1, log=lambda m: None)
+    checkpointer.save(1, {"step": jax.numpy.asarray(1)}, {"batches": 1}, saved)
+    checkpointer.wait()
+    assert checkpointer.restore_iterator(1, iterator(4), check=next) is None
+    why = checkpointer.restore_iterator(1, iterator(8), check=next)
+    assert why is not None and "Incompatible shapes" in why
+    checkpointer.close()
+
+
+def test_save_iterator_off_saves_none_and_resumes_by_skipping(stream_task, caplog):
+    config = _config(source="seqio", task=stream_task)
+    config.checkpoint.save_iterator = False
+    sharding = mesh_lib.batch_sharding(mesh_lib.make_mesh(1, -1, 1))
+    objective = registry.build(config)
+    split = inputs_lib.make_examples(config, objective, "train")
+    it = inputs_lib.make_inputs(config, objective, split, sharding)
+    assert it.tf_iterator is None  # the trainer saves no iterator item
+    batches = _host([next(it) for _ in range(3)])
+    restored = []
+    with caplog.at_level(logging.WARNING):
+        resumed = inputs_lib.make_inputs(config, objective, split, sharding,
+                                         state={**it.state(), "batches": 1},
+                                         restore_iterator=lambda *a: restored.append(a))
+    assert not restored and "config.checkpoint.save_iterator=False" in caplog.text
+    for ours, theirs in zip(_host([next(resumed), next(resumed)]), batches[1:], strict=True):
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
