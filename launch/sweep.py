@@ -167,16 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     statuses = _statuses(runs) if not (fresh and args.dry_run) else []
     if args.command == "retry":
         again = {s.run.name for s in statuses if s.state in ("failed", "preempted")}
-        # ... and the runs that were not started because one of those was not done
-        never = {s.run.name for s in statuses if s.state == "pending" and (
-            s.job is None or sweep_state.not_started(s.run))}
+        # ... and the runs never started because one of those was not done, or that their job
+        # skipped although their parent counts as done (it saved its last step, then failed)
+        never = {s.run.name for s in statuses if sweep_state.never_started(s)}
+        done = {s.run.name for s in statuses if s.state == "done"}
         for run in runs:  # parents come before their children
-            if run.after in again and run.name in never:
+            if run.name in never and (run.after in again or run.after in done):
                 again.add(run.name)
         chosen = [run for run in runs if run.name in again]
     elif args.command == "launch":
         active = {s.run.name for s in statuses if s.state in ("running", "done") or (
-            s.state == "pending" and s.job is not None)}
+            s.state == "pending" and s.job is not None and not sweep_state.skipped_by_job(s))}
         chosen = [run for run in runs if run.name not in active]
     else:
         chosen = []

@@ -215,6 +215,16 @@ class RunStatus:
     detail: str = ""  # why: the SLURM state and reason, the exit code
 
 
+def skipped_by_job(status: RunStatus) -> bool:
+    """Pending because its job skipped it (a parent had not succeeded): retry starts it."""
+    return status.state == "pending" and not_started(status.run) is not None
+
+
+def never_started(status: RunStatus) -> bool:
+    """Pending and never started: not submitted, or skipped by its job."""
+    return status.state == "pending" and (status.job is None or skipped_by_job(status))
+
+
 def run_status(run: sweep_spec.Run, slurm_jobs: Mapping[str, tuple[str, str]]) -> RunStatus:
     """``slurm_jobs``: job id -> (SLURM state, reason) from ``squeue -t all``."""
     records = metrics_lib.read_metrics(run.workdir)

@@ -226,7 +226,8 @@ def _exited_zero(run_name: str) -> str:
 def _not_started(run_name: str, why: str) -> str:
     """The shell line recording that this script skipped run ``run_name`` (and why), which
     ``launch.sweep status`` shows as pending and ``retry`` starts again."""
-    return f"echo {shlex.quote(why)} > {_job_path(run_name, sweep_state.NOT_STARTED)}"
+    path = _job_path(run_name, sweep_state.NOT_STARTED)
+    return f'mkdir -p "$(dirname {path})" && echo {shlex.quote(why)} > {path}'
 
 
 def venv(tpu: dict) -> str:
@@ -276,7 +277,8 @@ def script(name: str, runs: Sequence[Run], sweep_name: str, git_url: str, git_re
             f'if [ "${{{PARENTS_CHECKED}:-}}" != 1 ] && ! {_exited_zero(parent)}; then',
             f'  echo "not started: run {parent} has not finished (no exit code 0 in '
             f'{_exit_file(parent)}); run its script first" >&2',
-            *[f"  {_not_started(run.name, f'run {parent} has not finished')}" for run in runs],
+            *[f"  {_not_started(run.name, f'its slice waits for run {parent}, not finished')}"
+              for run in runs],
             "  exit 3",
             "fi",
             "",
@@ -412,9 +414,9 @@ def launch(runs: Sequence[Run], all_runs: Sequence[Run], sweep_name: str,
             undone = {p: s for p, s in states.items() if s is None or s.state != "done"}
             if undone:
                 blocked += 1
-                # retry also brings back a chain: failed runs, then the ones that waited on them
-                again = all(s and s.state in ("failed", "preempted", "pending")
-                            for s in undone.values())
+                # retry brings back a chain: failed runs, then the ones their jobs skipped
+                again = all(s and (s.state in ("failed", "preempted")
+                                   or sweep_state.skipped_by_job(s)) for s in undone.values())
                 them = "it" if len(undone) == 1 else "them"
                 print(f"{name}: not started: it waits for "
                       + ", ".join(f"run {p} ({s.state}{f', {s.detail}' if s.detail else ''})"

@@ -251,6 +251,31 @@ def test_a_parent_that_saved_its_last_step_and_then_failed_is_done(tmp_path):
     assert len(train) == 1 and "PRETRAX_JOB_ID=ft/finetune/seed=0 " in train[0]
 
 
+def test_a_fine_tune_its_slice_skipped_runs_once_its_parent_counts_as_done(tmp_path):
+    """On one slice, the script skips the fine-tune when the parent exits non-zero; if the
+    parent had saved its last step (done by the scheduler's rule), retry starts the fine-tune
+    alone (before, neither retry nor launch ever started it)."""
+    sweep_file, root = _two_stages(tmp_path, **{"tpu.slice": "ft-both"})
+    env, record = _stand_in(tmp_path, GCLOUD_FAIL_ONCE="PRETRAX_JOB_ID=ft/pretrain/seed=0 ",
+                            GCLOUD_FAIL_CODE="1")
+    sweep_run("--sweep", sweep_file, "--root", str(root), "--backend=tpu_vm", "--execute",
+              *GIT, env=env)
+    with open(root / "pretrain" / "seed=0" / "config.json") as f:
+        steps = json.load(f)["train"]["steps"]
+    workdir = tmp_path / "bucket" / "ft" / "pretrain" / "seed=0"
+    (workdir / "checkpoints" / str(steps)).mkdir(parents=True)
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "loss": 1.0}) + "\n")
+    status = sweep_run("status", "--root", str(root))
+    assert "2 runs: 1 pending, 1 done" in status
+    assert "not started: run pretrain/seed=0 did not exit 0" in status
+    record.unlink()
+    out = sweep_run("retry", "--root", str(root), "--execute", *GIT, env=env)
+    assert "finished (exit 0)" in out
+    train = [c[-1] for c in _calls(record) if c[3] == "ssh" and "launch.train" in c[-1]]
+    assert len(train) == 1 and "PRETRAX_JOB_ID=ft/finetune/seed=0 " in train[0]
+    assert "2 runs: 2 done" in sweep_run("status", "--root", str(root))
+
+
 def test_a_fine_tune_on_its_pretraining_runs_slice_runs_only_after_it_succeeded(tmp_path):
     sweep_file, root = _two_stages(tmp_path, **{"tpu.slice": "ft-both"})
     env, record = _stand_in(tmp_path, GCLOUD_FAIL_ONCE="PRETRAX_JOB_ID=ft/pretrain/seed=0 ",
