@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -129,23 +130,27 @@ def _build_cache_locked(paths: list[str], vocab_path: str, mode: str, fmt: str, 
                         path: str, batch_documents: int, locked: bool) -> None:
     """Builds into a temporary folder beside ``path`` and renames it: readers never see half
     a cache, and a failed build leaves nothing behind. ``locked``: this process holds the
-    cache's lock, so temporary folders of the same cache are a crashed builder's: removed."""
+    cache's lock; a temporary folder of the same cache left by a builder that died (on this
+    host, or a day ago) is removed (a live one elsewhere stays: flock can be node-local)."""
     start = time.perf_counter()
     tokenizer = load_sentencepiece(vocab_path)
     dtype = np.dtype(np.uint16 if tokenizer.get_piece_size() <= np.iinfo(np.uint16).max
                      else np.int32)
     parent, prefix = os.path.dirname(path), f".tmp-{os.path.basename(path)}-"
     if locked:
-        for stale in os.listdir(parent):
-            if stale.startswith(prefix):
-                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+        for name in os.listdir(parent):
+            if name.startswith(prefix) and _abandoned(os.path.join(parent, name)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
     try:
+        with open(os.path.join(tmp, _BUILDER), "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
         meta = _write_cache(tmp, tokenizer, dtype, paths, vocab_path, mode, fmt, field,
                             batch_documents)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.remove(os.path.join(tmp, _BUILDER))
     meta["build_seconds"] = round(time.perf_counter() - start, 3)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -155,6 +160,30 @@ def _build_cache_locked(paths: list[str], vocab_path: str, mode: str, fmt: str, 
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.exists(os.path.join(path, "meta.json")):
             raise
+
+
+_BUILDER = "builder.json"  # in a build's temporary folder: the host and pid building it
+_ABANDONED_SECONDS = 24 * 3600
+
+
+def _abandoned(folder: str) -> bool:
+    """Whether a temporary build folder's builder is gone: a dead pid on this host, or no
+    change for a day (a builder on another host cannot be asked)."""
+    try:
+        with open(os.path.join(folder, _BUILDER)) as f:
+            builder = json.load(f)
+        if builder["host"] == socket.gethostname():
+            os.kill(int(builder["pid"]), 0)  # raises if no such process
+            return False
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError):
+        pass  # no readable record (yet): judge by age
+    age = time.time() - os.path.getmtime(folder)
+    if age > _ABANDONED_SECONDS:
+        return True
+    log.warning("leaving %s: another builder may still be writing it", folder)
+    return False
 
 
 def _npy_header(dtype: np.dtype, length: int) -> bytes:
@@ -214,4 +243,5 @@ def _write_cache(tmp: str, tokenizer: Any, dtype: np.dtype, paths: list[str], vo
     return {"files": paths, "vocab_path": vocab_path, "mode": mode, "tokens": total,
             "units": len(unit_lengths), "documents": len(doc_units), "dtype": dtype.name,
             "build_seconds": None,
-            "bytes": sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp))}
+            "bytes": sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp)
+                         if n != _BUILDER)}

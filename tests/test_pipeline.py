@@ -69,16 +69,22 @@ def test_token_cache_matches_the_vocabulary_and_is_reused(t5, cache_dir):
 _CONCURRENT_BUILDER = """
 import os, sys, time
 from data import bundled, cache
-build = cache._build_cache_locked
+build, warn = cache._build_cache_locked, cache.log.warning
+waiting = os.path.join(sys.argv[3], "waiting")
 def slow_build(*args, **kwargs):
     with open(sys.argv[2], "a") as f:
         f.write("built\\n")
-    time.sleep(1)  # the other process reaches the lock meanwhile
+    deadline = time.time() + 120  # build only once the other process waits on the lock
+    while not os.path.exists(waiting) and time.time() < deadline:
+        time.sleep(0.05)
     build(*args, **kwargs)
-cache._build_cache_locked = slow_build
+def noting_warning(*args):
+    open(waiting, "w").close()
+    warn(*args)
+cache._build_cache_locked, cache.log.warning = slow_build, noting_warning
 # Both processes enter tokenize_corpus only once both have started (a barrier of two files).
 open(os.path.join(sys.argv[3], str(os.getpid())), "w").close()
-while len(os.listdir(sys.argv[3])) < 2:
+while len([n for n in os.listdir(sys.argv[3]) if n.isdigit()]) < 2:
     time.sleep(0.05)
 corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH, cache_dir=sys.argv[1])
 print(corpus.path, int(corpus.tokens.sum()), corpus.tokens.size)
@@ -114,9 +120,19 @@ def test_a_failed_build_leaves_nothing_and_a_crashed_ones_folder_is_removed(tmp_
 
     key = cache.cache_key(sources.expand_files(bundled.VALIDATION_FILES), bundled.VOCAB_PATH,
                           "documents", "auto", "text")
-    crashed = tmp_path / f".tmp-{key}-killed"  # as a SIGKILLed builder leaves it
-    crashed.mkdir(parents=True)
-    (crashed / "tokens.npy").write_bytes(b"half")
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    crashed = tmp_path / f".tmp-{key}-killed"  # as a SIGKILLed builder on this host leaves it
+    elsewhere = tmp_path / f".tmp-{key}-live"  # a builder on another node (flock node-local)
+    for folder, host, pid in ((crashed, socket.gethostname(), dead), (elsewhere, "node7", 1)):
+        folder.mkdir(parents=True)
+        (folder / "tokens.npy").write_bytes(b"half")
+        (folder / "builder.json").write_text(json.dumps({"host": host, "pid": int(pid)}))
     read = sources.read_documents
 
     def failing(*args, **kwargs):
@@ -129,11 +145,17 @@ def test_a_failed_build_leaves_nothing_and_a_crashed_ones_folder_is_removed(tmp_
     with pytest.raises(UnicodeDecodeError):
         cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
                               cache_dir=str(tmp_path), batch_documents=16)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.lock"]  # nothing half-built
+    # the failed build left nothing; the dead builder's folder is gone, the live one's is not
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-{key}-live", f"{key}.lock"]
     monkeypatch.setattr(sources, "read_documents", read)
     corpus = cache.tokenize_corpus(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
                                    cache_dir=str(tmp_path))
     assert corpus.key == key and corpus.tokens.size == corpus.meta["tokens"] > 0
+    assert sorted(os.listdir(corpus.path)) == ["meta.json", "offsets.npy", "tokens.npy"]
+    # tokens.npy, streamed with its header written last, is what numpy itself writes
+    np.save(tmp_path / "numpy.npy", np.asarray(corpus.tokens))
+    assert (tmp_path / "numpy.npy").read_bytes() == open(
+        os.path.join(corpus.path, "tokens.npy"), "rb").read()
 
 
 def test_a_filesystem_without_locks_still_builds(tmp_path, monkeypatch, caplog):
