@@ -42,6 +42,11 @@ T5_IDS = {"pad": 0, "eos": 1, "unk": 2}
 # sentencepiece skips training lines longer than this (bytes); documents are fed in pieces.
 _MAX_SENTENCE_BYTES = 4192
 _PIECE_CHARS = 1000
+# sentencepiece's unigram trainer indexes the sampled text with int32 (about 20 bytes of memory
+# per character while it trains): at most this many characters.
+_MAX_TRAINING_CHARS = 2**31 - 1
+# The sample the paper-scale hints suggest: 300k pieces, <= 0.3G characters, ~6 GB to train.
+PAPER_SAMPLE_PIECES = 300_000
 
 
 def _missing(path: str) -> FileNotFoundError:
@@ -92,14 +97,21 @@ def train_vocab(
       sample_pieces: 0 trains on every piece of text (the documents cut at whitespace into
         pieces of at most 1,000 characters, all held in memory: fine for the bundled corpus);
         N > 0 trains on a uniform sample of N pieces (sentencepiece's reservoir, seeded by
-        ``seed``; up to N KB of text in memory), which a Wikipedia-sized corpus needs (e.g.
-        2,000,000: ~2 GB).
+        ``seed``), which a Wikipedia-sized corpus needs. Memory: the unigram trainer takes
+        about 20 bytes per character of the sample, so N pieces cost up to ~20 N KB (e.g.
+        ``PAPER_SAMPLE_PIECES`` = 300,000: ~6 GB); N is capped at 2,147,483 (its int32 index).
     """
     if vocab_size_with_extras % 128:
         raise ValueError(
             f"vocab_size_with_extras={vocab_size_with_extras} must be a multiple of 128 "
             "(sharding and TPU-friendly embedding tables)"
         )
+    if sample_pieces * _PIECE_CHARS > _MAX_TRAINING_CHARS:
+        raise ValueError(
+            f"sample_pieces={sample_pieces}: up to {sample_pieces * _PIECE_CHARS:,} characters, "
+            f"past the {_MAX_TRAINING_CHARS:,} sentencepiece's trainer can index (and ~20 bytes "
+            f"of memory each); use at most {_MAX_TRAINING_CHARS // _PIECE_CHARS:,}, e.g. "
+            f"{PAPER_SAMPLE_PIECES:,}")
     pieces = vocab_size_with_extras - extra_ids
     reserved = len(T5_IDS) + len(SPECIAL_SYMBOLS)
     if pieces <= reserved:
@@ -290,8 +302,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--sample_pieces", type=int, default=0,
                         help="train on a seeded sample of this many pieces of text (pieces of "
-                             "<= 1,000 characters, so N pieces hold up to N KB in memory; 0: "
-                             "all; a Wikipedia-sized corpus needs a sample, e.g. 2000000)")
+                             "<= 1,000 characters; training takes ~20 bytes per character, so "
+                             "up to ~20 N KB; 0: all; a Wikipedia-sized corpus needs a sample, "
+                             f"e.g. {PAPER_SAMPLE_PIECES})")
     parser.add_argument("--character_coverage", type=float, default=0.9995,
                         help="share of the corpus's characters given pieces (1.0: every one; "
                              "the rest map to unk)")

@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from configs import common
+from data import vocab as vocab_lib
 from launch import sweep_spec, sweep_state, sweep_tpu
 from launch.sweep_spec import Stage, Sweep, SweepError, named, product, seeds
 
@@ -348,8 +349,9 @@ def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
             "bundled one has 8,192 pieces fitted to the laptop corpus): pass --vocab=PATH, a "
             "sentencepiece model with [CLS] [SEP] [MASK], e.g. from python -m data.vocab "
             "--input=GLOB --output_prefix=DIR/spm --vocab_size=30464 --sample_pieces="
-            "2000000 (2M pieces of <= 1,000 characters: ~2 GB of text in memory; 30,464: "
-            "the largest multiple of 128 that fits ELECTRA-Base's 30,522 rows)")
+            f"{vocab_lib.PAPER_SAMPLE_PIECES} (pieces of <= 1,000 characters; sentencepiece "
+            "takes ~20 bytes per character to train: ~6 GB; 30,464: the largest multiple of "
+            "128 that fits ELECTRA-Base's 30,522 rows)")
     if not electra_paper and (validation_files or vocab):
         raise SweepError("--validation_files and --vocab are for the ELECTRA tables at "
                          "--scale=paper (the T5 tables read C4 and T5's vocabulary)")

@@ -281,3 +281,10 @@ def test_local_vocabularies_do_not_import_tensorflow():
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": REPO})
+
+
+def test_a_sample_past_sentencepieces_index_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"sample_pieces=3000000: up to 3,000,000,000 "
+                                         r"characters, past the 2,147,483,647"):
+        vocab.train_vocab(bundled.VALIDATION_FILES, str(tmp_path / "v"), sample_pieces=3_000_000)
+    assert not list(tmp_path.iterdir())
