@@ -208,6 +208,10 @@ PAPER_SETTINGS = {
     "local": {},
 }
 # ... and of their fine-tuning runs (batch 32-128: one node, not the pretraining's two; a v4-8).
+# Settings that size a stage's machine: a sweep-wide --set of one sizes pretraining only;
+# fine-tuning takes its own (PAPER_FINETUNE_SETTINGS, or --set finetune.KEY=...).
+STAGE_RESOURCES = ("tpu.accelerator_type", "slurm.nodes", "slurm.ntasks_per_node",
+                   "slurm.gpus_per_node")
 PAPER_FINETUNE_SETTINGS = {"slurm": {"slurm.nodes": 1, "slurm.time": "2-00:00:00"},
                            "tpu_vm": {"tpu.accelerator_type": "v4-8"}}
 # Paper scale computes in bfloat16 (parameters, norms, softmax statistics, logits and losses
@@ -375,12 +379,15 @@ def build_sweep(table_name: str, scale_name: str, n_seeds: int | None = None,
     tasks = named({task: {"config.data.task": task, **scale.per_task.get(task, {})}
                    for task in scale.tasks})
     # Fine-tuning's settings, later layers winning: the backend's paper-scale defaults, the
-    # fine-tuning defaults (one node), the user's sweep-wide settings, then the user's finetune.*.
+    # fine-tuning defaults (one node), the user's sweep-wide settings but for the size of the
+    # machine (STAGE_RESOURCES: --set slurm.nodes=4 is for pretraining), then finetune.*.
     def settings_of(keys: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in keys.items() if not k.startswith("config.")}
+        return {k: v for k, v in keys.items()
+                if not k.startswith("config.") and k not in STAGE_RESOURCES}
 
     finetune_fixed = {**scale.finetune_fixed,
-                      **(settings_of(PAPER_SETTINGS[backend]) if paper else {}),
+                      **(settings_of(PAPER_SETTINGS[backend]) if paper else {}),  # (its TPU type
+                      # and nodes come from the fine-tuning defaults below)
                       **(PAPER_FINETUNE_SETTINGS.get(backend, {}) if paper else {}),
                       **settings_of(shared),
                       **({"config.data.vocab_path": vocab} if electra_paper else {}), **tuning}
@@ -414,24 +421,45 @@ def _job_files_of(source: str) -> Any:
         os.path.join(folder, n), source) in _NOT_COPIED]
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """Checkpoint files (never changed once committed) are hard-linked where the filesystem
+    allows, so a reused run costs no disk for them; everything else is copied."""
+    if f"{os.sep}checkpoints{os.sep}" in source:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+
+
+def _env_of(run: Any) -> dict[str, Any]:
+    """The settings that can change what a run computes (env.*: e.g. XLA flags)."""
+    return {k: v for k, v in run.settings.items() if k.startswith("env.")}
+
+
 def reuse_finished(runs: Sequence[Any], sources: Sequence[str],
                    log: Any = print) -> dict[str, str]:
     """Copies into this sweep each finished run of the table roots ``sources`` that is one of
-    its runs: the same resolved config, a fine-tuning run's ``init_from`` read as the run its
-    parent was copied from (so a fine-tune is reused only on top of a reused pretraining run).
-    Tables share rows (T5 Table 6's 15% is Table 7's i.i.d.; ELECTRA Table 5's ELECTRA and
-    BERT rows are the compute curve's full budgets; the from-scratch runs are in every table).
+    its runs: the same resolved config and env.* settings, a fine-tuning run's ``init_from``
+    read as the run its parent was copied from (so a fine-tune is reused only on top of a
+    reused pretraining run). Runs match by what they compute, never by name. Tables share rows
+    (T5 Table 6's 15% is Table 7's i.i.d.; ELECTRA Table 5's ELECTRA and BERT rows are the
+    compute curve's full budgets; the from-scratch runs are in every table). A run whose
+    trainer rewrote its config.json (fine-tuning by epochs) does not match and runs again.
 
-    A copy keeps the run's metrics, checkpoints and log, gets this sweep's config.json (which
-    differs at most in ``init_from``: a byte-for-byte copy of the parent it names) and records
-    its source in ``sweep/reused.json``. Runs already started here are left alone. Returns
-    {run name: source run directory}."""
-    finished: list[tuple[dict[str, Any], str]] = []
+    A copy keeps the run's metrics, checkpoints (hard-linked where possible) and log, gets this
+    sweep's config.json (which differs at most in ``init_from``: a copy of the parent it names)
+    and records its source in ``sweep/reused.json``. It is made in a temporary folder and
+    renamed into place, so an interrupted copy is never taken for a finished run. Runs already
+    started here are left alone. Returns {run name: source run directory}."""
+    finished: list[tuple[dict[str, Any], dict[str, Any], str, str]] = []
     for source in sources:
-        for run in sweep_state.read_manifest(source)[1]:
+        manifest, source_runs = sweep_state.read_manifest(source)
+        for run in source_runs:
             config = _config_of(run.local_dir)
             if config is not None and sweep_state.is_done(run):
-                finished.append((config, run.workdir))
+                finished.append((config, _env_of(run), run.workdir, manifest["name"]))
     copied: dict[str, str] = {}
     workdirs = {run.name: run.workdir for run in runs}
     for run in sorted(runs, key=lambda r: r.after is not None):  # parents first
@@ -442,16 +470,24 @@ def reuse_finished(runs: Sequence[Any], sources: Sequence[str],
             if run.after not in copied or want["train"]["init_from"] != workdirs[run.after]:
                 continue
             want["train"]["init_from"] = copied[run.after]
-        match = next((path for config, path in finished if config == want), None)
+        match = next(((path, table) for config, env, path, table in finished
+                      if config == want and env == _env_of(run)), None)
         if match is None:
             continue
-        shutil.copytree(match, run.workdir, dirs_exist_ok=True, ignore=_job_files_of(match))
-        common.write_config(run.resolved, run.local_dir)
-        os.makedirs(sweep_state.job_dir(run), exist_ok=True)
-        with open(os.path.join(sweep_state.job_dir(run), REUSED), "w") as f:
-            json.dump({"source": match, "date": time.strftime("%Y-%m-%d %H:%M")}, f)
-        copied[run.name] = match
-        log(f"{run.name}: reused {match}")
+        path, table = match
+        tmp = run.workdir + ".reuse-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # an earlier copy that was interrupted
+        shutil.copytree(path, tmp, ignore=_job_files_of(path), copy_function=_link_or_copy)
+        common.write_config(run.resolved, tmp)
+        os.makedirs(os.path.join(tmp, sweep_state.JOB_DIR), exist_ok=True)
+        with open(os.path.join(tmp, sweep_state.JOB_DIR, REUSED), "w") as f:
+            json.dump({"source": path, "table": table,
+                       "date": time.strftime("%Y-%m-%d %H:%M")}, f)
+        if os.path.isdir(run.workdir):  # expanded before, never started: its config only
+            shutil.rmtree(run.workdir)
+        os.rename(tmp, run.workdir)
+        copied[run.name] = path
+        log(f"{run.name}: reused {path}")
     return copied
 
 

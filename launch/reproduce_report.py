@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from configs import common
-from launch import sweep_state
-from launch.reproduce import FINETUNE_STAGE, REUSED, SCRATCH, TABLES, Row, Table
+from launch import reproduce, sweep_state
+from launch.reproduce import FINETUNE_STAGE, REUSED, SCRATCH, Row, Table
 from launch.sweep_spec import SweepError
 
 CELLS = "cells.json"  # every cell's value, machine-readable (what --against compares)
@@ -213,7 +213,7 @@ def compute_claims(table: Table, scores: dict[str, dict[int, float]], flops: dic
 
 def report(root: str, table_name: str) -> str:
     """Writes ROOT/table.md, ROOT/pretraining.png and ROOT/downstream.png; returns the markdown."""
-    table = TABLES[table_name]
+    table = reproduce.TABLES[table_name]
     if not os.path.isfile(os.path.join(root, sweep_state.MANIFEST)):
         raise SweepError(f"{root} holds no table: run python -m launch.reproduce {table_name} "
                          f"--root={root} first")
@@ -362,8 +362,6 @@ def _finish(fig: Any, ax: Any, title: str, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
 
 
 def prediction_labels(workdir: str) -> dict[str, Any] | None:

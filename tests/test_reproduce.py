@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -154,16 +155,19 @@ def test_paper_scale_t5_table_on_slurm(tmp_path):
     finetune = out[len(pretrain):]
     assert "#SBATCH --nodes=1" in finetune and "#SBATCH --nodes=2" not in finetune
     assert "#SBATCH --time=2-00:00:00" in finetune
-    # A sweep-wide setting reaches both stages (over the fine-tuning defaults); a finetune.*
-    # one only fine-tuning, over everything.
-    out = _reproduce("t5_table6", "--scale=paper", "--backend=slurm", "--dry_run", "--seeds=1",
-                     "--set", "slurm.time=9-00:00:00", "--set", "finetune.slurm.nodes=3",
-                     f"--root={tmp_path}/t6").stdout
-    pretrain = out.split("\nfinetune/")[0]
-    finetune = out[len(pretrain):]
-    assert "#SBATCH --time=9-00:00:00" in pretrain and "#SBATCH --nodes=2" in pretrain
-    assert finetune.count("#SBATCH --time=9-00:00:00") == finetune.count("#SBATCH --nodes=3") > 0
-    assert "#SBATCH --time=2-00:00:00" not in finetune and "#SBATCH --nodes=1" not in finetune
+    # A sweep-wide setting reaches both stages (over the fine-tuning defaults), but for the
+    # machine's size, which is pretraining's; a finetune.* one only fine-tuning, over all.
+    for extra, nodes in (((), 1), (("--set", "finetune.slurm.nodes=3"), 3)):
+        out = _reproduce("t5_table6", "--scale=paper", "--backend=slurm", "--dry_run",
+                         "--seeds=1", "--set", "slurm.time=9-00:00:00", "--set",
+                         "slurm.nodes=4", *extra, f"--root={tmp_path}/t6").stdout
+        pretrain = out.split("\nfinetune/")[0]
+        finetune = out[len(pretrain):]
+        assert "#SBATCH --time=9-00:00:00" in pretrain and "#SBATCH --nodes=4" in pretrain
+        assert (finetune.count("#SBATCH --time=9-00:00:00")
+                == finetune.count(f"#SBATCH --nodes={nodes}") > 0)
+        assert "#SBATCH --time=2-00:00:00" not in finetune
+        assert "#SBATCH --nodes=4" not in finetune
 
 
 def test_paper_scale_electra_table_on_tpu_vms(tmp_path):
@@ -379,14 +383,18 @@ def test_report_on_hand_written_runs(tmp_path):
 
 def test_reuse_copies_the_runs_another_table_finished(tmp_path, monkeypatch):
     """A table's runs that another table already finished with the same config are copied,
-    not run again: a pretraining row and its fine-tunes (only on top of the copied parent) and
-    the from-scratch runs; the rest runs. Two one-seed tables of tiny ELECTRA rows."""
+    not run again: matched by config, never by name (the source's row "electra" is an MLM
+    row: it is this table's "mlm", not its "electra"), a fine-tune only on top of a copied
+    parent, and only finished runs (the source's from-scratch run is left unfinished here).
+    Two one-seed tables of tiny ELECTRA rows."""
     from launch import metrics as metrics_lib
     from launch import sweep_state
 
     five = reproduce.TABLES["electra_table5"]
     row = {r.name: r for r in five.rows}
-    tables = {"src": dataclasses.replace(five, name="src", rows=(row["mlm"],), claims=()),
+    mlm_named_electra = dataclasses.replace(row["mlm"], name="electra")
+    tables = {"src": dataclasses.replace(five, name="src", rows=(mlm_named_electra,),
+                                         baseline="electra", claims=()),
               "dst": dataclasses.replace(five, name="dst", rows=(row["electra"], row["mlm"]),
                                          claims=())}
     monkeypatch.setattr(reproduce, "TABLES", {**reproduce.TABLES, **tables})
@@ -394,6 +402,10 @@ def test_reuse_copies_the_runs_another_table_finished(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     source, dest = tmp_path / "src", tmp_path / "dst"
     assert reproduce.main(["src", "--smoke", "--seeds=1", f"--root={source}"]) == 0
+    scratch = source / "finetune" / "scratch,seed=0,wn_lexname"
+    with open(scratch / "config.json") as f:
+        steps = json.load(f)["train"]["steps"]
+    shutil.rmtree(scratch / "checkpoints" / str(steps))  # as if it had stopped before the end
     with pytest.raises(SweepError, match="--reuse=.*no sweep.json there"):
         reproduce.main(["dst", "--smoke", "--seeds=1", f"--root={dest}", f"--reuse={dest}"])
     assert not dest.exists()  # refused before anything was written
@@ -402,21 +414,20 @@ def test_reuse_copies_the_runs_another_table_finished(tmp_path, monkeypatch):
 
     _, runs = sweep_state.read_manifest(str(dest))
     reused = {r.name: os.path.join(r.local_dir, "sweep", reproduce.REUSED) for r in runs}
-    copied = sorted(name for name, path in reused.items() if os.path.isfile(path))
-    assert copied == ["finetune/mlm,seed=0,wn_lexname", "finetune/scratch,seed=0,wn_lexname",
-                      "pretrain/mlm,seed=0"]
+    copied = {name: json.load(open(path))["source"] for name, path in reused.items()
+              if os.path.isfile(path)}
+    assert copied == {"pretrain/mlm,seed=0": str(source / "pretrain" / "electra,seed=0"),
+                      "finetune/mlm,seed=0,wn_lexname":
+                          str(source / "finetune" / "electra,seed=0,wn_lexname")}
     for run in runs:
-        mine = metrics_lib.read_metrics(run.workdir)
         assert sweep_state.is_done(run), run.name
         if run.name in copied:
-            theirs = metrics_lib.read_metrics(str(source / os.path.relpath(run.workdir, dest)))
-            assert mine == theirs, run.name
-            with open(reused[run.name]) as f:
-                assert json.load(f)["source"] == str(source / os.path.relpath(run.workdir,
-                                                                              dest))
+            assert (metrics_lib.read_metrics(run.workdir)
+                    == metrics_lib.read_metrics(copied[run.name])), run.name
             assert not os.path.exists(os.path.join(run.local_dir, "sweep", "job.json"))
         else:  # ran here: its own job record
             assert os.path.isfile(os.path.join(run.local_dir, "sweep", "job.json")), run.name
+    assert not list(tmp_path.rglob("*.reuse-tmp"))
     # The copied fine-tune's config names this table's (copied) parent.
     with open(dest / "finetune" / "mlm,seed=0,wn_lexname" / "config.json") as f:
         assert json.load(f)["train"]["init_from"] == str(dest / "pretrain" / "mlm,seed=0")
