@@ -516,7 +516,7 @@ def _parse_setting(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch import reproduce_report as report_lib
+    from launch import reproduce_report as report_lib  # (it imports this module)
 
     parser = argparse.ArgumentParser(prog="python -m launch.reproduce",
                                      description=__doc__.split("\n\n")[0],
