@@ -460,10 +460,15 @@ def reuse_finished(runs: Sequence[Any], sources: Sequence[str],
             config = _config_of(run.local_dir)
             if config is not None and sweep_state.is_done(run):
                 finished.append((config, _env_of(run), run.workdir, manifest["name"]))
-    copied: dict[str, str] = {}
+    copied: dict[str, str] = {}  # run -> its source, copied now or by an earlier invocation
+    reused: list[str] = []  # copied now
     workdirs = {run.name: run.workdir for run in runs}
     for run in sorted(runs, key=lambda r: r.after is not None):  # parents first
         if sweep_state.started(run):
+            record = os.path.join(sweep_state.job_dir(run), REUSED)
+            if os.path.isfile(record):  # copied by an earlier invocation: its children may be
+                with open(record) as f:
+                    copied[run.name] = json.load(f)["source"]
             continue
         want = json.loads(common.config_json(run.resolved))
         if run.after is not None:
@@ -487,8 +492,9 @@ def reuse_finished(runs: Sequence[Any], sources: Sequence[str],
             shutil.rmtree(run.workdir)
         os.rename(tmp, run.workdir)
         copied[run.name] = path
+        reused.append(run.name)
         log(f"{run.name}: reused {path}")
-    return copied
+    return {name: copied[name] for name in reused}
 
 
 # ---------------------------------------------------------------------------------------------

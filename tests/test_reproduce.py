@@ -428,6 +428,12 @@ def test_reuse_copies_the_runs_another_table_finished(tmp_path, monkeypatch):
         else:  # ran here: its own job record
             assert os.path.isfile(os.path.join(run.local_dir, "sweep", "job.json")), run.name
     assert not list(tmp_path.rglob("*.reuse-tmp"))
+    # A later invocation copies a fine-tune onto a parent an earlier one copied.
+    shutil.rmtree(dest / "finetune" / "mlm,seed=0,wn_lexname")
+    expanded = sweep_spec.expand(reproduce.build_sweep("dst", "laptop", 1, smoke=True),
+                                 str(dest))
+    assert reproduce.reuse_finished(expanded, [str(source)], log=lambda m: None) == {
+        "finetune/mlm,seed=0,wn_lexname": copied["finetune/mlm,seed=0,wn_lexname"]}
     # The copied fine-tune's config names this table's (copied) parent.
     with open(dest / "finetune" / "mlm,seed=0,wn_lexname" / "config.json") as f:
         assert json.load(f)["train"]["init_from"] == str(dest / "pretrain" / "mlm,seed=0")
