@@ -64,18 +64,10 @@ WORKER = textwrap.dedent("""
 """).format(length=LENGTH, seed=SEED, batch=BATCH, steps=STEPS)
 
 
-def test_two_processes_build_the_same_global_batches(tmp_path):
-    cache_dir = str(tmp_path / "tokens")
-    # Build the token cache once up front, so the workers only load it.
-    single = pipeline.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
-                                  inputs_length=LENGTH, seed=SEED, cache_dir=cache_dir)
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    address = f"127.0.0.1:{free_port()}"
-    outs = [str(tmp_path / f"out{i}") for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, str(script), address, str(i), cache_dir, outs[i]],
+def _run_workers(script, address, arg, outs, env):
+    """Runs ``script ADDRESS PID ARG OUT`` as processes 0 and 1 of a job; both must exit 0
+    (every wait bounded; a worker left running is killed)."""
+    procs = [subprocess.Popen([sys.executable, str(script), address, str(i), arg, outs[i]],
                               env=env, cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
@@ -89,6 +81,20 @@ def test_two_processes_build_the_same_global_batches(tmp_path):
                 proc.wait(timeout=10)
     for proc, log in zip(procs, logs, strict=True):
         assert proc.returncode == 0, log[-3000:]
+
+
+def test_two_processes_build_the_same_global_batches(tmp_path):
+    cache_dir = str(tmp_path / "tokens")
+    # Build the token cache once up front, so the workers only load it.
+    single = pipeline.t5_examples(bundled.VALIDATION_FILES, bundled.VOCAB_PATH,
+                                  inputs_length=LENGTH, seed=SEED, cache_dir=cache_dir)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    address = f"127.0.0.1:{free_port()}"
+    outs = [str(tmp_path / f"out{i}") for i in range(2)]
+    _run_workers(script, address, cache_dir, outs, env)
 
     # The single-process reference: 8 devices in this process, same mesh shape and sharding.
     sharding = mesh_lib.batch_sharding(mesh_lib.make_mesh(data=2, fsdp=4, model=1))
@@ -167,20 +173,7 @@ def test_two_processes_each_restore_their_own_data_iterator(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     directory = str(tmp_path / "checkpoints")
     outs = [str(tmp_path / f"out{i}.json") for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, str(script), address, str(i), directory, outs[i]],
-                              env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=TIMEOUT)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-    for proc, log in zip(procs, logs, strict=True):
-        assert proc.returncode == 0, log[-3000:]
+    _run_workers(script, address, directory, outs, env)
     saved = os.listdir(os.path.join(directory, "5", "iterator"))
     assert sorted(f for f in saved if f.startswith("process_")) == [
         f"process_{i}-of-2.{ext}" for i in range(2) for ext in ("data-00000-of-00001", "index")]

@@ -229,6 +229,15 @@ def test_a_fine_tune_waits_until_its_pretraining_run_is_done(tmp_path):
     assert "2 runs: 2 done" in sweep_run("status", "--root", str(root))
 
 
+def _saved_last_step(tmp_path, root):
+    """Makes the pretraining run of _two_stages look as if it saved its last step."""
+    with open(root / "pretrain" / "seed=0" / "config.json") as f:
+        steps = json.load(f)["train"]["steps"]
+    workdir = tmp_path / "bucket" / "ft" / "pretrain" / "seed=0"
+    (workdir / "checkpoints" / str(steps)).mkdir(parents=True)
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "loss": 1.0}) + "\n")
+
+
 def test_a_parent_that_saved_its_last_step_and_then_failed_is_done(tmp_path):
     """The scheduler's rule (final checkpoint and metrics: done, whatever the exit code) is the
     one that decides; the script's own exit-code guard does not overrule it."""
@@ -237,12 +246,7 @@ def test_a_parent_that_saved_its_last_step_and_then_failed_is_done(tmp_path):
                             GCLOUD_FAIL_CODE="1")
     sweep_run("--sweep", sweep_file, "--root", str(root), "--backend=tpu_vm", "--execute",
               *GIT, env=env, check=False)
-    # As if it saved its last step, then crashed on the way out (exit 1 recorded).
-    with open(root / "pretrain" / "seed=0" / "config.json") as f:
-        steps = json.load(f)["train"]["steps"]
-    workdir = tmp_path / "bucket" / "ft" / "pretrain" / "seed=0"
-    (workdir / "checkpoints" / str(steps)).mkdir(parents=True)
-    (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "loss": 1.0}) + "\n")
+    _saved_last_step(tmp_path, root)  # then crashed on the way out (exit 1 recorded)
     assert "1 done" in sweep_run("status", "--root", str(root))
     record.unlink()
     out = sweep_run("launch", "--root", str(root), "--execute", *GIT, env=env)
@@ -260,11 +264,7 @@ def test_a_fine_tune_its_slice_skipped_runs_once_its_parent_counts_as_done(tmp_p
                             GCLOUD_FAIL_CODE="1")
     sweep_run("--sweep", sweep_file, "--root", str(root), "--backend=tpu_vm", "--execute",
               *GIT, env=env)
-    with open(root / "pretrain" / "seed=0" / "config.json") as f:
-        steps = json.load(f)["train"]["steps"]
-    workdir = tmp_path / "bucket" / "ft" / "pretrain" / "seed=0"
-    (workdir / "checkpoints" / str(steps)).mkdir(parents=True)
-    (workdir / "metrics.jsonl").write_text(json.dumps({"step": steps, "loss": 1.0}) + "\n")
+    _saved_last_step(tmp_path, root)
     status = sweep_run("status", "--root", str(root))
     assert "2 runs: 1 pending, 1 done" in status
     assert "not started: run pretrain/seed=0 did not exit 0" in status
